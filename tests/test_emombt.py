@@ -328,7 +328,7 @@ def sims_cache(tmp_path_factory) -> Path:
 
     base = tmp_path_factory.mktemp("emombt")
     root = synthesize_release("sims", base / "raw", seed=0, size="tiny")
-    params = PrepareParams(face_size=48, img_interval=1000, mtcnn_batch=16, device="cpu", checksums=False)
+    params = PrepareParams(face_size=48, img_interval=1000, mtcnn_batch=16, device="cpu")
     report = get_adapter("sims").prepare(root, base / "cache", params=params, progress=False)
     assert report.complete, report.summary()
     return base / "cache"

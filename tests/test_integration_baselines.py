@@ -4,7 +4,7 @@ The generator shows the label in a modality with a known probability; ``syntheti
 into the score of the best rule that sees exactly which expression the modality shows (an upper bound U for a
 model of that modality), and ``synthetic.chance_accuracy`` gives the best constant predictor C. A baseline must
 close at least a quarter of the gap: score >= C + 0.25 (U - C). The fraction was fixed before any run, as a
-deliberately loose bar for tiny models trained for a few epochs on ~140 clips; it is not tuned to the results.
+deliberately loose bar for tiny models trained for a few epochs on ~280 clips; it is not tuned to the results.
 
 Scores use each dataset's design metric on the test split: IEMOCAP 6-class accuracy of the argmax, CMU-MOSEI
 the mean weighted accuracy (dai-mosei protocol, thresholds chosen on valid), CH-SIMS Acc2 of M. Each run uses

@@ -136,6 +136,52 @@ def test_interrupted_prepare_resumes_to_identical_cache(releases, caches, tmp_pa
     assert _files(out) == _files(caches["iemocap"]), "resumed cache must equal the uninterrupted one"
 
 
+def test_records_of_changed_sources_are_rebuilt(releases, tmp_path) -> None:
+    root = _sims_copy(releases, tmp_path)
+    clips = _clips(root)
+    good = clips[3].read_bytes()
+    clips[3].write_bytes(b"not a video")  # skipped on the first pass, repaired before the second
+    adapter = get_adapter("sims")
+    first = adapter.prepare(root, tmp_path / "cache", params=PARAMS, progress=False)
+    assert first.complete and len(first.skipped) == 1 and first.n_rebuilt == 0
+    a, b = clips[0].read_bytes(), clips[1].read_bytes()
+    clips[0].write_bytes(b)  # two videos swapped
+    clips[1].write_bytes(a)
+    clips[3].write_bytes(good)
+    rows = list(csv.reader(io.StringIO((root / "label.csv").read_text(encoding="utf-8"))))
+    rows[3][3] = "-0.4" if rows[3][3] != "-0.4" else "0.4"  # one corrected label, video untouched
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    (root / "label.csv").write_text(buf.getvalue(), encoding="utf-8")
+
+    second = adapter.prepare(root, tmp_path / "cache", params=PARAMS, progress=False)
+    n = second.n_sources
+    assert second.complete and not second.skipped
+    assert (second.n_rebuilt, second.n_written, second.n_resumed) == (4, 4, n - 4), second.summary()
+    assert "4 records rebuilt" in second.summary()
+    fresh = adapter.prepare(root, tmp_path / "fresh", params=PARAMS, progress=False)
+    assert fresh.n_written == n
+    assert _files(tmp_path / "cache" / "utterances") == _files(tmp_path / "fresh" / "utterances")
+    third = adapter.prepare(root, tmp_path / "cache", params=PARAMS, progress=False)
+    assert (third.n_rebuilt, third.n_written, third.n_resumed) == (0, 0, n)
+
+
+def test_source_key_ignores_location_but_not_content(tmp_path) -> None:
+    from emolib.data.prepare import _FileHashes
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "clip.mp4").write_bytes(b"same bytes")
+    src = UtteranceSource(uid="u1", labels=[1.0, 0.0], text="hello", video=tmp_path / "a" / "clip.mp4")
+    moved = UtteranceSource(uid="u1", labels=[1.0, 0.0], text="hello", video=tmp_path / "b" / "clip.mp4")
+    key = src.source_key(_FileHashes())
+    assert moved.source_key(_FileHashes()) == key
+    assert UtteranceSource(uid="u1", labels=[0.0, 1.0], text="hello", video=src.video).source_key(_FileHashes()) != key
+    assert UtteranceSource(uid="u1", labels=[1.0, 0.0], text="hello!", video=src.video).source_key(_FileHashes()) != key
+    (tmp_path / "b" / "clip.mp4").write_bytes(b"other bytes")
+    assert moved.source_key(_FileHashes()) != key
+
+
 def test_shards_give_the_same_cache(releases, caches, tmp_path) -> None:
     adapter = get_adapter("mosei")
     out = tmp_path / "sharded"

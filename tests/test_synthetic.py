@@ -299,15 +299,15 @@ def test_design_bounds_rank_modalities_and_fusion() -> None:
 def test_smoke_plan_sizes() -> None:
     iemocap = S.plan_release("iemocap", size="smoke")
     six = [c for c in iemocap.clips if c.label in IEMOCAP_CLASSES]
-    assert 180 <= len(six) <= 240
-    assert min(sum(c.label == k for c in six) for k in IEMOCAP_CLASSES) >= 25
+    assert 360 <= len(six) <= 480
+    assert min(sum(c.label == k for c in six) for k in IEMOCAP_CLASSES) >= 50
     assert {"xxx", "sur", "oth"} <= {c.label for c in iemocap.clips}
     mosei = S.plan_release("mosei", size="smoke")
-    assert len(mosei.videos) >= 12 and 180 <= len(mosei.clips) <= 240
-    assert all(sum(c.label[i] for c in mosei.clips) >= 10 for i in range(len(MOSEI_EMOTIONS)))
+    assert len(mosei.videos) >= 24 and 360 <= len(mosei.clips) <= 480
+    assert all(sum(c.label[i] for c in mosei.clips) >= 40 for i in range(len(MOSEI_EMOTIONS)))
     sims = S.plan_release("sims", size="smoke")
     splits = [c.split for c in sims.clips]
-    assert 180 <= len(sims.clips) <= 240 and min(splits.count(s) for s in ("train", "valid", "test")) >= 40
+    assert 360 <= len(sims.clips) <= 480 and min(splits.count(s) for s in ("train", "valid", "test")) >= 80
     m = np.array([c.label["M"] for c in sims.clips])
     for key in "TAV":
         x = np.array([c.label[key] for c in sims.clips])

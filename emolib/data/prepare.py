@@ -28,14 +28,20 @@ unparsable label line                  the line is skipped by the parser and lis
 no face in any frame                   centre fallback crops (fallback ``no_face``; per-frame counts too)
 =====================================  ==========================================================================
 
-Resuming: utterances whose record exists are skipped; work is organised in fixed chunks of utterances per source
-file, so a resumed run feeds MTCNN exactly the batches an uninterrupted run would, and the cache comes out
-byte-identical. ``shard=(i, n)`` processes every n-th source file, so several processes or GPUs can share the work;
+Resuming: utterances whose record exists and was built from the same source are skipped; work is organised in
+fixed chunks of utterances per source file, so a resumed run feeds MTCNN exactly the batches an uninterrupted run
+would, and the cache comes out byte-identical. Every record (and every skip note) carries a ``source_key``: a
+sha256 over the content of its video/audio/image files and everything the adapter says about the utterance (text,
+labels, split, times, channel, ...). A record whose key no longer matches (a regenerated synthetic release, a
+corrected label file, a replaced video) is rebuilt and counted as ``rebuilt`` in the report; it is never served
+stale. ``shard=(i, n)`` processes every n-th source file, so several processes or GPUs can share the work;
 the index and provenance are written by whichever process finds every utterance finished.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import subprocess
 import time
 from collections import defaultdict
@@ -70,6 +76,19 @@ class UtteranceSource:
     fallbacks: tuple[str, ...] = ()  # problems the adapter already handled (e.g. text_decode)
     meta: dict[str, Any] = field(default_factory=dict)
 
+    def files(self) -> dict[str, list[str]]:
+        """The files the record is built from, by role."""
+        roles = {"video": [self.video], "audio": [self.audio], "images": list(self.images)}
+        return {role: [str(p) for p in paths if p is not None] for role, paths in roles.items()}
+
+    def source_key(self, file_hash) -> str:
+        """sha256 over the content of this utterance's files (``file_hash(path) -> hex``, None for a missing file)
+        and every other field that shapes its record; independent of where the release lies."""
+        described = {k: v for k, v in asdict(self).items() if k not in ("video", "audio", "images", "uid")}
+        described["content"] = {role: [file_hash(p) for p in paths] for role, paths in self.files().items()}
+        blob = json.dumps(described, sort_keys=True, default=_plain, ensure_ascii=False).encode()
+        return hashlib.sha256(blob).hexdigest()
+
     @property
     def group(self) -> str:
         """Utterances of one source file are decoded together."""
@@ -91,7 +110,6 @@ class PrepareParams:
     min_audio_samples: int = 400  # one 25 ms STFT window at 16 kHz
     chunk_utterances: int = 8  # utterances per decoding chunk (bounds memory; fixed for byte-identical resumes)
     device: str | None = None  # None: CUDA when available
-    checksums: bool = True  # sha256 of every source file in the provenance
 
 
 @dataclass
@@ -100,6 +118,7 @@ class PrepareReport:
     n_sources: int
     n_written: int
     n_resumed: int
+    n_rebuilt: int  # records (or skip notes) made again because their source changed; included in n_written
     skipped: list[dict[str, str]]
     complete: bool
     seconds: float
@@ -111,6 +130,8 @@ class PrepareReport:
             f"cache {self.cache}: {self.n_written} utterances written, {self.n_resumed} already done, "
             f"{len(self.skipped)} skipped, {self.seconds:.1f}s",
         ]
+        if self.n_rebuilt:
+            lines.append(f"{self.n_rebuilt} records rebuilt because their source files or labels changed")
         if fs:
             lines.append(
                 f"faces: {fs['frames_with_face']}/{fs['frames']} frames ({100 * fs['face_rate']:.1f}%) had a face; "
@@ -154,14 +175,16 @@ def prepare_sources(
     index, count = shard
     mine = [k for i, k in enumerate(keys) if i % count == index]
 
+    file_hash = _FileHashes()
     cropper = None
-    n_written = n_resumed = 0
+    n_written = n_resumed = n_rebuilt = 0
     bar = tqdm(total=sum(len(groups[k]) for k in mine), desc=f"prepare {dataset}", unit="utt", disable=not progress)
     for key in mine:
         utts = sorted(groups[key], key=lambda s: (s.start, s.uid))
         for chunk in chunks(utts, params.chunk_utterances):
-            todo = [s for s in chunk if not writer.done(s.uid) and not (skip_dir / f"{s.uid}.json").exists()]
-            if not todo:
+            keys = {s.uid: s.source_key(file_hash) for s in chunk}
+            state = {s.uid: _record_state(writer, skip_dir, s.uid, keys[s.uid]) for s in chunk}
+            if all(v == "current" for v in state.values()):
                 n_resumed += len(chunk)
                 bar.update(len(chunk))
                 continue
@@ -169,15 +192,20 @@ def prepare_sources(
                 cropper = make_cropper(params)
             # The whole chunk is recomputed so MTCNN sees the same batches as in an uninterrupted run.
             for src, result in zip(chunk, process_chunk(chunk, params, cropper)):
-                if writer.done(src.uid) or (skip_dir / f"{src.uid}.json").exists():
+                if state[src.uid] == "current":
                     n_resumed += 1
-                elif isinstance(result, Skip):
+                    bar.update(1)
+                    continue
+                _forget(writer, skip_dir, src.uid)
+                if isinstance(result, Skip):
                     write_json(skip_dir / f"{src.uid}.json", {"uid": src.uid, "file": result.file,
-                                                               "problem": result.problem})
+                                                               "problem": result.problem,
+                                                               "source_key": keys[src.uid]})
                 else:
                     meta, arrays = result
-                    writer.write(meta, arrays)
+                    writer.write({**meta, "source_key": keys[src.uid]}, arrays)
                     n_written += 1
+                n_rebuilt += state[src.uid] == "stale"
                 bar.update(1)
     bar.close()
 
@@ -204,11 +232,44 @@ def prepare_sources(
             "fallbacks": _fallback_counts(metas),
             "skipped": skipped,
             "problems": problems or [],
-            "sources": _sources(sources, params.checksums),
+            "sources": _sources(sources, file_hash),
             **(extra_provenance or {}),
         })
-    return PrepareReport(out, len(sources), n_written, n_resumed, skipped, complete,
+    return PrepareReport(out, len(sources), n_written, n_resumed, n_rebuilt, skipped, complete,
                          time.monotonic() - t0, face_stats)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (np.ndarray, np.generic)):
+        return value.tolist()
+    return str(value)
+
+
+class _FileHashes:
+    """sha256 of each source file, computed once per run (None for a file that does not exist)."""
+
+    def __init__(self) -> None:
+        self._memo: dict[str, str | None] = {}
+
+    def __call__(self, path: str | Path) -> str | None:
+        key = str(path)
+        if key not in self._memo:
+            self._memo[key] = sha256_file(Path(path)) if Path(path).is_file() else None
+        return self._memo[key]
+
+
+def _record_state(writer: CacheWriter, skip_dir: Path, uid: str, key: str) -> str:
+    """"missing", "current" (a record or skip note built from this very source) or "stale"."""
+    for path in (writer.utt_dir / f"{uid}.json", skip_dir / f"{uid}.json"):
+        if path.is_file() and (path.parent == skip_dir or writer.done(uid)):
+            return "current" if read_json(path).get("source_key") == key else "stale"
+    return "missing"
+
+
+def _forget(writer: CacheWriter, skip_dir: Path, uid: str) -> None:
+    """Drop an outdated record or skip note before its replacement is written (the outcome may change kind)."""
+    for path in (writer.utt_dir / f"{uid}.json", writer.utt_dir / f"{uid}.npz", skip_dir / f"{uid}.json"):
+        path.unlink(missing_ok=True)
 
 
 @dataclass
@@ -381,10 +442,11 @@ def _check_params(out: Path, dataset: str, params: PrepareParams, label_names: S
     """Refuse to mix records made with different parameters in one cache folder."""
     path = out / "params.json"
     current = {"dataset": dataset, "label_names": list(label_names), **asdict(params)}
-    # device and checksum policy do not change the records
-    comparable = {k: v for k, v in current.items() if k not in ("device", "checksums")}
+    # the device does not change the records ("checksums" was an option of caches written before source keys)
+    ignored = ("device", "checksums")
+    comparable = {k: v for k, v in current.items() if k not in ignored}
     if path.is_file():
-        old = {k: v for k, v in read_json(path).items() if k not in ("device", "checksums")}
+        old = {k: v for k, v in read_json(path).items() if k not in ignored}
         if old != comparable:
             diff = sorted(k for k in set(old) | set(comparable) if old.get(k) != comparable.get(k))
             raise CacheError(f"{out}: the cache was built with different parameters ({', '.join(diff)}); "
@@ -420,7 +482,7 @@ def _split_counts(metas: list[dict]) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def _sources(sources: list[UtteranceSource], checksums: bool) -> dict[str, dict[str, Any]]:
+def _sources(sources: list[UtteranceSource], file_hash: _FileHashes) -> dict[str, dict[str, Any]]:
     files: set[Path] = set()
     for s in sources:
         files.update(p for p in (s.video, s.audio) if p is not None)
@@ -429,7 +491,7 @@ def _sources(sources: list[UtteranceSource], checksums: bool) -> dict[str, dict[
     for p in sorted(files):
         p = Path(p)
         if p.is_file():
-            out[str(p)] = {"bytes": p.stat().st_size, **({"sha256": sha256_file(p)} if checksums else {})}
+            out[str(p)] = {"bytes": p.stat().st_size, "sha256": file_hash(p)}
     return out
 
 

@@ -85,7 +85,7 @@ SIZES = ("tiny", "smoke")
 SAMPLE_RATE = 16000
 MANIFEST_NAME = "synthetic_manifest.json"
 GENERATOR = "emolib.data.synthetic"
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 SIMS_SCRIPTS = ("pinyin", "hanzi")
 
 
@@ -167,11 +167,11 @@ SYNTH_DESIGN: dict[str, dict[str, Any]] = {
 SIZE_LAYOUT: dict[str, dict[str, dict[str, Any]]] = {
     "iemocap": {
         "tiny": {"sessions": 1, "dialogs": ("F_impro01", "M_impro01"), "utterances": 5},
-        "smoke": {"sessions": 2, "dialogs": ("F_impro01", "M_impro01", "F_script01_1", "M_script01_1"),
+        "smoke": {"sessions": 4, "dialogs": ("F_impro01", "M_impro01", "F_script01_1", "M_script01_1"),
                   "utterances": 28},
     },
-    "mosei": {"tiny": {"videos": 2, "clips": 3}, "smoke": {"videos": 14, "clips": 15}},
-    "sims": {"tiny": {"videos": 2, "clips": 3}, "smoke": {"videos": 12, "clips": 18}},
+    "mosei": {"tiny": {"videos": 2, "clips": 3}, "smoke": {"videos": 28, "clips": 15}},
+    "sims": {"tiny": {"videos": 2, "clips": 3}, "smoke": {"videos": 24, "clips": 18}},
 }
 
 INTENSITY_RANGE = (0.7, 1.1)
@@ -930,10 +930,10 @@ def _draw_eyes(c: _FaceCanvas, actor: Actor, face: FaceParams, gaze: tuple[float
         # The lids cover the iris of a narrowed eye.
         c.ellipse(ix, iy, r_iris * min(1.0, 0.6 + eh / 0.05), min(r_iris / 1.3, eh), actor.iris)
         c.ellipse(ix, iy, r_iris * 0.5, min(r_iris * 0.5 / 1.3, eh), (12, 8, 8))
-        brow_y = eye_y - 0.11 - 0.05 * face.brow_raise
-        inner = (side * 0.08, brow_y + 0.05 * face.brow_tilt)
-        outer = (side * 0.33, brow_y - 0.03 * face.brow_tilt)
-        t = 0.022
+        brow_y = eye_y - 0.11 - 0.07 * face.brow_raise
+        inner = (side * 0.08, brow_y + 0.08 * face.brow_tilt)
+        outer = (side * 0.33, brow_y - 0.04 * face.brow_tilt)
+        t = 0.03
         c.poly([(inner[0], inner[1] - t), (outer[0], outer[1] - t), (outer[0], outer[1] + t),
                 (inner[0], inner[1] + t)], _shade(actor.hair, 0.7))
 
@@ -947,7 +947,7 @@ def _draw_nose(c: _FaceCanvas, skin: Colour) -> None:
 
 def _draw_mouth(c: _FaceCanvas, lips: Colour, face: FaceParams) -> None:
     mw = 0.21 * face.mouth_width
-    curve, opening = 0.06 * face.mouth_curve, 0.09 * max(0.0, face.mouth_open)
+    curve, opening = 0.1 * face.mouth_curve, 0.11 * max(0.0, face.mouth_open)
     xs = np.linspace(-1, 1, 24)
     bow = 1 - xs**2
     base = 0.27 + curve * bow - curve  # corners rise by ``curve`` when smiling
