@@ -29,7 +29,7 @@ from emolib.pipeline.profile import load_profile
 GAP_FRACTION = 0.25
 ROOT = Path(__file__).resolve().parents[1]
 MODALITIES = ("audio", "visual", "text")
-# Slow (about 5 minutes on 2 idle cores), so it runs with `make test-all`, not in the default suite.
+# Slow (about 9 minutes on 2 idle cores), so it runs with `make test-all`, not in the default suite.
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 

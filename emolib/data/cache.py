@@ -6,8 +6,9 @@ Layout of a cache folder (one per dataset and parameter set)::
       utterances/<uid>.npz     faces uint8 (S,H,W,3), face_conf float32 (S,), face_found bool (S,),
                                face_boxes float32 (S,4), frame_times float32 (S,) [s from utterance start],
                                audio int16 (T,) [16 kHz mono], labels float32 (C,)
-      utterances/<uid>.json    metadata of the record (uid, split, text, labels, source files, counts, fallbacks);
-                               written after the .npz, so its presence marks the utterance as finished
+      utterances/<uid>.json    metadata of the record (uid, split, text, labels, source files, counts, fallbacks,
+                               source_key: the hash of what it was built from); written after the .npz, so its
+                               presence marks the utterance as finished
       index.jsonl              one metadata line per utterance, sorted by uid (rebuilt from the .json files)
       provenance.json          parameters, versions, face statistics, sources with sizes and checksums,
                                skipped utterances with reasons, code version
