@@ -483,16 +483,8 @@ def _split_counts(metas: list[dict]) -> dict[str, int]:
 
 
 def _sources(sources: list[UtteranceSource], file_hash: _FileHashes) -> dict[str, dict[str, Any]]:
-    files: set[Path] = set()
-    for s in sources:
-        files.update(p for p in (s.video, s.audio) if p is not None)
-        files.update(s.images)
-    out = {}
-    for p in sorted(files):
-        p = Path(p)
-        if p.is_file():
-            out[str(p)] = {"bytes": p.stat().st_size, "sha256": file_hash(p)}
-    return out
+    files = {p for s in sources for paths in s.files().values() for p in paths}
+    return {p: {"bytes": Path(p).stat().st_size, "sha256": file_hash(p)} for p in sorted(files) if Path(p).is_file()}
 
 
 def _versions() -> dict[str, str]:
