@@ -22,7 +22,7 @@ class Experiment:
     profile: str
     model: str
     cache_dir: str | Path
-    size: str | dict = "tiny"  # a registered config name of the model, or a dict
+    config: str | dict = "tiny"  # a named configuration of the model (e.g. "tiny", "paper"), or a dict
     model_overrides: dict[str, Any] = field(default_factory=dict)
     loss: str | None = None  # None: bce for classification, l1 for regression
     loss_params: dict[str, Any] = field(default_factory=dict)
@@ -50,6 +50,20 @@ def load_splits(cache_dir: str | Path, frames: FrameOptions | None = None) -> Sp
     return SplitData(cache, *(CachedDataset(cache, s, frames=frames) for s in ("train", "valid", "test")))
 
 
+def dataset_protocols(cache: Cache) -> list[str]:
+    """The protocols a cache's dataset declares (its adapter; own data by the cache's task), primary first."""
+    from emolib.data.adapter import dataset_protocols as declared
+
+    if not cache.dataset:
+        raise ValueError(f"{cache.root}: provenance.json names no dataset; rebuild the cache with `emolib prepare`")
+    return [use.protocol for use in declared(cache.dataset, cache.task)]
+
+
+def primary_protocol(cache: Cache) -> str:
+    """The protocol of the papers' table for a cache's dataset."""
+    return dataset_protocols(cache)[0]
+
+
 def run_experiment(exp: Experiment, seeds: Sequence[int] = (0,), *, resume: bool = True,
                    data: SplitData | None = None,
                    on_epoch_end: Callable[[int, list[dict[str, Any]]], None] | None = None,
@@ -57,7 +71,6 @@ def run_experiment(exp: Experiment, seeds: Sequence[int] = (0,), *, resume: bool
     """Train ``exp`` once per seed; returns the run records (the model of the last seed is left in memory via
     ``model_hook`` if given, e.g. for plots)."""
     from emolib.losses import build_loss
-    from emolib.metrics import applicable_protocols
     from emolib.models import build_model
     from emolib.records import record_path
     from emolib.train import TrainConfig, fit, seed_everything
@@ -70,11 +83,12 @@ def run_experiment(exp: Experiment, seeds: Sequence[int] = (0,), *, resume: bool
     records = []
     for seed in seeds:
         train_kwargs = {**exp.train, "seed": int(seed)}
-        train_kwargs.setdefault("eval_protocols", applicable_protocols(dataset))
+        if not train_kwargs.get("eval_protocols"):
+            train_kwargs["eval_protocols"] = dataset_protocols(cache)
         config = TrainConfig(**train_kwargs)
         primary = config.primary_protocol or config.eval_protocols[0]
         seed_everything(int(seed))  # the initial weights depend on the seed only, not on what ran before
-        model = build_model(exp.model, exp.size, num_outputs=len(label_names), **exp.model_overrides)
+        model = build_model(exp.model, exp.config, num_outputs=len(label_names), **exp.model_overrides)
         loss = build_loss(loss_name, train_labels=data.train.labels, **_loss_params(loss_name, exp))
         base = Path(exp.results_root)
         rec_path = record_path(base, exp.profile, exp.run_name, dataset, primary, int(seed))
@@ -85,7 +99,8 @@ def run_experiment(exp: Experiment, seeds: Sequence[int] = (0,), *, resume: bool
             resume=resume and (run_dir / "last.pt").is_file(), on_epoch_end=on_epoch_end,
             run_info={
                 "model": exp.model, "variant": exp.variant or "default", "profile": exp.profile,
-                "model_params": {"size": exp.size, **exp.model_overrides}, "data_params": {
+                "dataset_adapter": cache.dataset, "model_params": model.config.to_dict(),
+                "model_config_name": exp.config if isinstance(exp.config, str) else None, "data_params": {
                     "cache": str(Path(exp.cache_dir)), "frames": exp.frames,
                     "cache_parameters": cache.provenance.get("parameters", {}),
                     "split_hash": cache.provenance.get("split_hash"),
@@ -113,36 +128,19 @@ def _loss_params(loss_name: str, exp: Experiment) -> dict[str, Any]:
 
 
 def experiment_summary(records: Sequence[dict[str, Any]]):
-    """Test averages (x100) of every protocol per seed, as a DataFrame for a quick look in a notebook."""
+    """Test averages of every protocol per seed in the protocol's display units (x100), as a DataFrame for a quick
+    look in a notebook."""
     import pandas as pd
+
+    from emolib.metrics import get_protocol
 
     rows = []
     for r in records:
-        for proto, ev in r["metrics"].items():
+        for proto_name, ev in r["metrics"].items():
+            proto = get_protocol(proto_name)
             row = {"run": r["model"] + ("" if r["variant"] in ("", "default") else f"-{r['variant']}"),
-                   "dataset": r["dataset"], "seed": r["seed"], "protocol": proto, "best_epoch": r["best_epoch"]}
-            row.update({k: round(100 * v, 2) if isinstance(v, float) and k != "auc_classes" else v
-                        for k, v in ev["test"]["average"].items()})
+                   "dataset": r["dataset"], "seed": r["seed"], "protocol": proto_name, "best_epoch": r["best_epoch"]}
+            row.update({k: round(v, 2) if isinstance(v, float) else v
+                        for k, v in ((k, proto.scaled(k, v)) for k, v in ev["test"]["average"].items())})
             rows.append(row)
     return pd.DataFrame(rows)
-
-
-
-def unimodal_experiment(*, profile: str, dataset: str, modality: str, size: str = "tiny", text_model: str = "",
-                        epochs: int = 40, batch_size: int = 8, lr: float = 5e-5, scheduler: str = "none",
-                        warmup_epochs: float = 0.0, early_stop: int = 0, max_steps_per_epoch: int = 0,
-                        face_size: int | None = 48, max_frames: int = 0, device: str = "auto", cache_dir: str = "",
-                        results_root: str | Path = "results", progress: bool = True) -> Experiment:
-    """The unimodal baseline run of notebook 02 from its parameters (0 / "" mean "off" / "default"), so the
-    notebook and the tests that check the smoke profile's claims build exactly the same experiment."""
-    if modality not in ("audio", "visual", "text"):
-        raise ValueError(f"modality must be audio, visual or text, got {modality!r}")
-    overrides = {"text_model": text_model} if (text_model and modality == "text") else {}
-    return Experiment(
-        profile=profile, model=f"{modality}-only", size=size, model_overrides=overrides,
-        cache_dir=cache_dir or Path(results_root) / profile / "cache" / dataset, results_root=results_root,
-        train={"epochs": epochs, "batch_size": batch_size, "lr": lr, "scheduler": scheduler,
-               "warmup_epochs": warmup_epochs, "early_stop": early_stop or None,
-               "max_steps_per_epoch": max_steps_per_epoch or None, "device": device, "progress": progress},
-        frames={"face_size": face_size, "max_frames": max_frames or None},
-    )

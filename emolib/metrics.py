@@ -57,7 +57,7 @@ from scipy.special import expit
 from scipy.stats import rankdata
 
 from emolib import registry
-from emolib.data.labels import SIMS_TARGETS
+from emolib.labels import SIMS_TARGETS
 from emolib.registry import register
 
 # The Dai search grid: k/100 for k = 5, 10, ..., 95 (19 values). Dai builds it with np.arange(0.05, 1, 0.05),
@@ -263,11 +263,18 @@ class Protocol(ABC):
         headline: the metric keys the papers' tables show, in table order.
         select_key: default model-selection key; "a+b" means the sum of two averages.
         lower_is_better: metric keys where smaller is better (negated by ``selection_score``).
-        display_scale: multiply stored values by this to get the papers' units (x100).
-        paper: where the protocol comes from.
+        display_scale: multiply stored values by this to get the papers' units (x100); tables, notebook
+            summaries and plots all scale through ``display``/``scaled``.
+        counts: average keys that are counts, never scaled (``auc_classes``).
+        summary: one line for ``emolib list`` (the registry reads it, with ``paper``, ``task``, ``headline``).
+        paper: the citation of the paper whose table uses the protocol.
+        source: where its definition is taken from in the paper's released code.
     """
 
     name: str = ""
+    summary: str = ""
+    source: str = ""
+    counts: frozenset[str] = frozenset({"auc_classes"})
     task: str = ""
     needs_thresholds: bool = False
     metrics: tuple[str, ...] = ()
@@ -307,10 +314,22 @@ class Protocol(ABC):
             total += -value if part in self.lower_is_better else value
         return -math.inf if math.isnan(total) else total
 
+    def scaled(self, key: str, value: Any) -> Any:
+        """One stored value in the papers' units: x ``display_scale``, except counts and non-numbers."""
+        if key in self.counts or isinstance(value, bool) or not isinstance(value, (int, float)):
+            return value
+        return float(value) * self.display_scale
+
     def display(self, result: Mapping[str, Any], keys: Sequence[str] | None = None) -> dict[str, float]:
         """The headline averages (or ``keys``) in the papers' units (x ``display_scale``)."""
         keys = tuple(keys) if keys is not None else self.headline
-        return {k: float(result["average"][k]) * self.display_scale for k in keys}
+        return {k: self.scaled(k, result["average"][k]) for k in keys}
+
+    @classmethod
+    def registry_meta(cls) -> dict[str, Any]:
+        """The registry's entry details, read from the class (no second copy in the decorator)."""
+        return {"summary": f"{cls.summary} (x{cls.display_scale:g})", "paper": cls.paper, "source": cls.source,
+                "task": cls.task, "headline": ",".join(cls.headline)}
 
     def __repr__(self) -> str:
         return f"<protocol {self.name}: {self.task}, headline {', '.join(self.headline)}>"
@@ -414,59 +433,43 @@ def _degenerate_class_notes(c: Counts, names: list[str], metrics: tuple[str, ...
     return notes
 
 
-@register(
-    "protocol",
-    "dai-iemocap",
-    summary="Dai et al. IEMOCAP: valid-tuned per-class threshold, plain accuracy + binary F1 (x100)",
-    paper="Dai et al. 2021 (NAACL), src/evaluate.py eval_iemocap (HEAD 0727085)",
-    task="multilabel",
-    headline="acc,f1",
-)
+@register("protocol", "dai-iemocap")
 class DaiIemocap(ClassificationProtocol):
     """Dai's eval_iemocap as of the 2022 fix: plain accuracy, binary positive-class F1, precision, recall."""
 
     name = "dai-iemocap"
+    summary = "Dai et al. IEMOCAP: valid-tuned per-class threshold, plain accuracy + binary F1"
+    paper = "Dai et al. 2021 (NAACL)"
+    source = "wenliangdai/Multimodal-End2end-Sparse src/evaluate.py eval_iemocap (HEAD 0727085)"
     needs_thresholds = True
     metrics = ("acc", "f1", "precision", "recall", "auc")
     headline = ("acc", "f1")
     # Dai keeps the epoch with the best valid average F1 (§1.4).
     select_key = "f1"
-    paper = "Dai et al. 2021 (NAACL)"
 
     def class_metrics(self, c: Counts) -> dict[str, np.ndarray]:
         return {"acc": accuracy(c), "f1": binary_f1(c), "precision": precision(c), "recall": recall(c)}
 
 
-@register(
-    "protocol",
-    "dai-mosei",
-    summary="Dai et al. CMU-MOSEI: valid-tuned per-class threshold, weighted accuracy + binary F1 (x100)",
-    paper="Dai et al. 2021 (NAACL), weighted_acc of release efe8dc3 + eval_iemocap thresholds",
-    task="multilabel",
-    headline="wacc,f1",
-)
+@register("protocol", "dai-mosei")
 class DaiMosei(ClassificationProtocol):
     """The protocol of Dai's MOSEI table: Dai thresholds, wA = (TP*N/P + TN)/(2N), binary F1."""
 
     name = "dai-mosei"
+    summary = "Dai et al. CMU-MOSEI: valid-tuned per-class threshold, weighted accuracy + binary F1"
+    paper = "Dai et al. 2021 (NAACL)"
+    source = ("wenliangdai/Multimodal-End2end-Sparse src/evaluate.py: weighted_acc of release efe8dc3 + "
+              "eval_iemocap thresholds")
     needs_thresholds = True
     metrics = ("wacc", "f1", "precision", "recall", "auc")
     headline = ("wacc", "f1")
     select_key = "f1"
-    paper = "Dai et al. 2021 (NAACL)"
 
     def class_metrics(self, c: Counts) -> dict[str, np.ndarray]:
         return {"wacc": weighted_accuracy(c), "f1": binary_f1(c), "precision": precision(c), "recall": recall(c)}
 
 
-@register(
-    "protocol",
-    "e2emal",
-    summary="E2EMAL CMU-MOSEI: threshold 0.5, weighted accuracy + support-weighted 2-class F1 (x100)",
-    paper="Huynh et al. 2021 (IEEE MultiMedia), src/CMU-MOSEI/utils.py",
-    task="multilabel",
-    headline="wacc,f1",
-)
+@register("protocol", "e2emal")
 class E2emal(ClassificationProtocol):
     """E2EMAL's Keras metrics: p > 0.5, WeightedAccuracy and tfa F1Score(num_classes=2, average='weighted').
 
@@ -476,12 +479,14 @@ class E2emal(ClassificationProtocol):
     """
 
     name = "e2emal"
+    summary = "E2EMAL CMU-MOSEI: threshold 0.5, weighted accuracy + support-weighted 2-class F1"
+    paper = "Huynh et al. 2021 (IEEE MultiMedia)"
+    source = "th2l/E2EMAL src/CMU-MOSEI/utils.py"
     needs_thresholds = False
     metrics = ("wacc", "f1", "auc")
     headline = ("wacc", "f1")
     # E2EMAL keeps the checkpoint with the best val_wAcc (§3.4).
     select_key = "wacc"
-    paper = "Huynh et al. 2021 (IEEE MultiMedia)"
 
     def class_metrics(self, c: Counts) -> dict[str, np.ndarray]:
         return {"wacc": weighted_accuracy(c), "f1": weighted_f1(c)}
@@ -500,18 +505,14 @@ class E2emal(ClassificationProtocol):
         return fixed
 
 
-@register(
-    "protocol",
-    "sims",
-    summary="CH-SIMS regression (MMSA/khanhnd185): clip to [-1,1], Acc2, weighted F1, MAE, Pearson r (x100)",
-    paper="Yu et al. 2020 (ACL) / MMSA metricsTop __eval_sims_regression; khanhnd185 eval_sims_regression",
-    task="regression",
-    headline="acc2,f1,mae,corr",
-)
+@register("protocol", "sims")
 class Sims(Protocol):
     """MMSA's CH-SIMS regression metrics restricted to the four that khanhnd185 reports."""
 
     name = "sims"
+    summary = "CH-SIMS regression (MMSA/khanhnd185): clip to [-1,1], Acc2, weighted F1, MAE, Pearson r"
+    paper = "Yu et al. 2020 (ACL), MMSA; khanhnd185 2023"
+    source = "thuiar/MMSA metricsTop __eval_sims_regression; khanhnd185/EmoMBT eval_sims_regression"
     task = "regression"
     needs_thresholds = False
     metrics = ("acc2", "f1", "mae", "corr")
@@ -519,7 +520,6 @@ class Sims(Protocol):
     # khanhnd185's SimsTrainer selects on valid F1 (§4.4).
     select_key = "f1"
     lower_is_better = frozenset({"mae"})
-    paper = "Yu et al. 2020 (ACL), MMSA; khanhnd185 2023"
 
     def evaluate(
         self,
@@ -611,51 +611,3 @@ def sims_metrics(pred: np.ndarray, truth: np.ndarray) -> tuple[dict[str, float],
 def get_protocol(name: str) -> Protocol:
     """A ready-to-use instance of the registered protocol ``name`` (KeyError lists the choices)."""
     return registry.get("protocol", name)()
-
-
-# Which protocols make sense for which dataset kind, primary first, with the role each one plays.
-_DATASET_PROTOCOLS: dict[str, tuple[tuple[str, str], ...]] = {
-    "iemocap": (
-        ("dai-iemocap", "primary: the protocol of Dai et al.'s IEMOCAP table (plain accuracy + binary F1)"),
-        ("e2emal", "E2EMAL's metric definitions (0.5 threshold, wA, weighted F1); E2EMAL did not use IEMOCAP"),
-    ),
-    "mosei": (
-        ("dai-mosei", "primary: the protocol of Dai et al.'s MOSEI table (weighted accuracy + binary F1)"),
-        (
-            "dai-iemocap",
-            "code variant: plain accuracy, as Dai's HEAD code and khanhnd185's code compute it on MOSEI",
-        ),
-        ("e2emal", "E2EMAL's CMU-MOSEI protocol (0.5 threshold, wA, weighted 2-class F1)"),
-    ),
-    "sims": (("sims", "primary: MMSA / khanhnd185 CH-SIMS regression metrics on the M label"),),
-}
-
-DATASET_KINDS = tuple(_DATASET_PROTOCOLS)
-
-
-def dataset_kind(dataset_name: str) -> str:
-    """'iemocap', 'mosei' or 'sims' for a dataset (or dataset registry) name such as 'synthetic-mosei'."""
-    key = dataset_name.strip().lower()
-    if key in _DATASET_PROTOCOLS:
-        return key
-    found = [kind for kind in DATASET_KINDS if kind in key]
-    if len(found) != 1:
-        raise ValueError(
-            f"dataset {dataset_name!r}: cannot tell its kind; the name must contain exactly one of {DATASET_KINDS}"
-        )
-    return found[0]
-
-
-def applicable_protocols(dataset_name: str) -> list[str]:
-    """Protocol names to evaluate on a dataset, the primary (the papers' table protocol) first."""
-    return [name for name, _ in _DATASET_PROTOCOLS[dataset_kind(dataset_name)]]
-
-
-def protocol_role(dataset_name: str, protocol_name: str) -> str:
-    """Why ``protocol_name`` is evaluated on this dataset (a label for tables and run records)."""
-    roles = dict(_DATASET_PROTOCOLS[dataset_kind(dataset_name)])
-    if protocol_name not in roles:
-        raise ValueError(
-            f"protocol {protocol_name!r} is not applicable to dataset {dataset_name!r}; use one of {list(roles)}"
-        )
-    return roles[protocol_name]

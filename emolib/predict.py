@@ -84,12 +84,28 @@ def find_run_record(checkpoint: str | os.PathLike) -> Path:
 def _task_of(record: Mapping[str, Any]) -> str:
     from emolib.metrics import get_protocol
 
+    # The record's selection protocol states the task it was scored as (own data may be either).
     return get_protocol(record["protocol"]).task
 
 
 def _known_fields(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
     names = {f.name for f in dataclasses.fields(cls)}
     return {k: v for k, v in values.items() if k in names}
+
+
+def model_config_of(saved: Mapping[str, Any], record_params: Mapping[str, Any],
+                    ckpt: Path) -> tuple[str | dict[str, Any], dict[str, Any]]:
+    """The configuration to rebuild a checkpoint's model from: the one stored in ``best.pt``, else the run
+    record's ``params.model``; records written before configurations were dataclasses hold a config name under
+    ``size`` plus overrides, which are applied the way they were then."""
+    if isinstance(saved.get("model_config"), Mapping):
+        return dict(saved["model_config"]), {}
+    params = dict(record_params)
+    if "size" in params:
+        return params.pop("size"), params
+    if not params:
+        raise ValueError(f"{ckpt}: neither the checkpoint nor its run record holds the model configuration")
+    return params, {}
 
 
 def load_checkpoint(path: str | os.PathLike, *, record: str | os.PathLike | Mapping[str, Any] | None = None,
@@ -100,8 +116,6 @@ def load_checkpoint(path: str | os.PathLike, *, record: str | os.PathLike | Mapp
     model is put in eval mode on ``device`` (default: CUDA when available) and, with ``fuse``, its RepVGG blocks
     are re-parameterised (models without them are unaffected).
     """
-    import emolib.models.fe2e  # noqa: F401  (registers "fe2e")
-    import emolib.models.fv2es  # noqa: F401  (registers "fv2es")
     from emolib.io import read_json
     from emolib.models import build_model
 
@@ -118,20 +132,18 @@ def load_checkpoint(path: str | os.PathLike, *, record: str | os.PathLike | Mapp
         name, class_names = rec["model"], list(rec["class_names"])
     except (KeyError, TypeError) as err:
         raise ValueError(f"{ckpt}: run record lacks {err} (needs model, class_names, params.model)") from None
-    if "size" not in model_params:
-        raise ValueError(f"{ckpt}: the run record's params.model lacks 'size' (the model configuration)")
-    size = model_params.pop("size")
-    model = build_model(name, size, num_outputs=len(class_names), **model_params)
     try:
         saved = torch.load(ckpt, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the same to the user
         raise ValueError(f"{ckpt}: cannot read checkpoint ({type(err).__name__}: {err})") from err
     if not isinstance(saved, dict) or "model" not in saved:
         raise ValueError(f"{ckpt}: not an emolib checkpoint (no 'model' state dict)")
+    config, overrides = model_config_of(saved, model_params, ckpt)
+    model = build_model(name, config, num_outputs=len(class_names), **overrides)
     try:
         model.load_state_dict(saved["model"])
     except RuntimeError as err:
-        raise ValueError(f"{ckpt}: weights do not fit model {name!r} built from the run record: {err}") from None
+        raise ValueError(f"{ckpt}: weights do not fit model {name!r} built from its configuration: {err}") from None
     device = torch.device(device) if device is not None else torch.device(
         "cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()

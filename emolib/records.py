@@ -28,7 +28,7 @@ import numpy as np
 
 from emolib.io import read_json, write_json
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: dataset_adapter; params.model is the model's config dataclass as a dict
 
 # The class label under which ``aggregate`` reports a protocol's average over classes.
 AVERAGE = "avg"
@@ -44,6 +44,9 @@ _REQUIRED: dict[str, type | tuple[type, ...]] = {
     "model": str,
     "variant": str,
     "dataset": str,
+    # The registered dataset (adapter) whose task, classes and protocols the run used; None for a dataset that
+    # is not registered (e.g. a hand-made one in a test). Tables read the dataset's facts through it.
+    "dataset_adapter": (str, type(None)),
     "profile": str,
     "protocol": str,
     "seed": int,

@@ -4,8 +4,13 @@ Modules register their objects with the ``register`` decorator at import time. `
 provider packages so that the CLI (``emolib list``), the README check and the consistency tests all see the
 same list; there is no second list anywhere.
 
-    @register("protocol", "dai-iemocap", summary="...", paper="Dai et al. 2021")
-    def dai_iemocap(...): ...
+    @register("protocol", "dai-iemocap")
+    class DaiIemocap(ClassificationProtocol): ...
+
+An entry's details (``meta``) are read from the registered class itself: a class that defines the classmethod
+``registry_meta()`` returns them (a protocol its task, headline metrics and paper; a dataset its task, classes
+and protocols; a model its configurations), so a fact is stated once, on the class. Keyword arguments of
+``register`` add details that the class does not hold (e.g. a dataset's download route).
 """
 
 from __future__ import annotations
@@ -49,11 +54,16 @@ class Registry:
                 getattr(target, "__qualname__", None),
             ):
                 raise ValueError(f"{kind} {name!r} is already registered by {old.module}")
-            doc = summary or (inspect.getdoc(target) or "").strip().splitlines()[:1]
+            derived = dict(target.registry_meta()) if callable(getattr(target, "registry_meta", None)) else {}
+            clash = sorted(set(derived) & set(meta))
+            if clash:
+                raise ValueError(f"{kind} {name!r}: {clash} stated both on the class and in register()")
+            derived_summary = derived.pop("summary", None)
+            doc = summary or derived_summary or (inspect.getdoc(target) or "").strip().splitlines()[:1]
             text = doc if isinstance(doc, str) else (doc[0] if doc else "")
             if not text:
                 raise ValueError(f"{kind} {name!r} needs a summary (argument or first docstring line)")
-            self._entries[key] = Entry(kind, name, target, text, module, dict(meta))
+            self._entries[key] = Entry(kind, name, target, text, module, {**derived, **meta})
             return target
 
         return add if obj is None else add(obj)
@@ -92,15 +102,22 @@ def load_all() -> None:
     global _loaded
     if _loaded:
         return
-    _loaded = True
-    for mod in _PROVIDERS:
-        try:
+    _loaded = True  # set first: a provider's own lookups during its import must not re-enter
+    try:
+        for mod in _PROVIDERS:
             importlib.import_module(mod)
-        except ModuleNotFoundError as err:
-            # A provider package that does not exist yet is fine; a broken import inside one is not.
-            if err.name != mod:
-                _loaded = False
-                raise
+    except BaseException:
+        _loaded = False
+        raise
+
+
+def _detail(value: Any) -> str | None:
+    """A metadata value as shown by ``emolib list -v``; None for values too rich for one line."""
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return ",".join(value)
+    if callable(value) or isinstance(value, (dict, list, tuple)):
+        return None
+    return str(value)
 
 
 def as_table(kind: str | None = None) -> list[dict[str, str]]:
@@ -110,7 +127,8 @@ def as_table(kind: str | None = None) -> list[dict[str, str]]:
             "kind": e.kind,
             "name": e.name,
             "summary": e.summary,
-            "details": ", ".join(f"{k}={v}" for k, v in sorted(e.meta.items()) if not callable(v) and not isinstance(v, (dict, list, tuple))),
+            "details": ", ".join(f"{k}={_detail(v)}" for k, v in sorted(e.meta.items())
+                                 if _detail(v) is not None),
         }
         for e in entries(kind)
     ]

@@ -1,42 +1,53 @@
 """Comparison tables in the papers' layout, built only from run records and ``results/published/``.
 
-Classification (IEMOCAP, CMU-MOSEI): one row per model, one column per emotion holding "Acc / F1" (or
-"WAcc / F1") and an "Avg" column. CH-SIMS: Acc2, F1, MAE, Corr. Published rows come first, then "this package"
-rows, each labelled with its data, protocol and seeds; our cells are "mean ± std" over seeds (std left out for a
-single seed). Every number is read from a file; nothing is typed here.
+Classification datasets (IEMOCAP, CMU-MOSEI, own multi-label data): one row per model, one column per class
+holding the protocol's two headline metrics ("Acc / F1", "WAcc / F1") and an "Avg" column. Regression (CH-SIMS):
+one column per headline metric (Acc2, F1, MAE, Corr). Published rows come first, then "this package" rows, each
+labelled with its data, protocol and seeds; our cells are "mean ± std" over seeds (std left out for a single
+seed). Every number is read from a file; nothing is typed here.
+
+What a table shows comes from the declarations it belongs to: the dataset's title, classes and protocols from
+its adapter (``emolib.data.adapter.Adapter``, found through each record's ``dataset_adapter``), the metric pair
+and the display scale (x100) from the protocol (``emolib.metrics.Protocol``).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pandas as pd
 
-from emolib.data.labels import IEMOCAP_CLASSES, MOSEI_EMOTIONS
+from emolib.data.adapter import get_adapter
 from emolib.io import write_text
+from emolib.metrics import get_protocol
 
 PUBLISHED_DIR = Path(__file__).resolve().parents[1] / "results" / "published"
-CLASSES = {"iemocap": IEMOCAP_CLASSES, "mosei": MOSEI_EMOTIONS}
-SIMS_METRICS = ("acc2", "f1", "mae", "corr")
-# The tables' metric pair per protocol (accuracy-like first), as the papers print them.
-PAIRS = {"dai-iemocap": ("acc", "f1"), "dai-mosei": ("wacc", "f1"), "e2emal": ("wacc", "f1")}
-PRIMARY = {"iemocap": "dai-iemocap", "mosei": "dai-mosei", "sims": "sims"}
 
 
-def load_published(kind: str, folder: Path = PUBLISHED_DIR) -> pd.DataFrame:
-    return pd.read_csv(folder / f"{kind}.csv", dtype=str, keep_default_na=False)
+def load_published(dataset: str, folder: Path = PUBLISHED_DIR) -> pd.DataFrame:
+    """The published rows of a dataset (``<folder>/<dataset>.csv``); empty when none are kept."""
+    path = folder / f"{dataset}.csv"
+    if not path.is_file():
+        return pd.DataFrame(columns=["model", "protocol", "metric", "citation"])
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
 
 
-def _fmt(mean: float, std: float, n: int, scale: float = 100.0) -> str:
+def format_cell(mean: float | None, std: float | None, n: int, scale: float) -> str:
+    """"mean±std" in display units (std only for more than one seed); "n/a" for an undefined mean."""
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "n/a"
     text = f"{scale * mean:.1f}"
     if n > 1 and std is not None and not math.isnan(std):
         text += f"±{scale * std:.1f}"
     return text
+
+
+def metric_label(metric: str) -> str:
+    return "Corr" if metric == "corr" else metric.upper()
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
@@ -53,10 +64,11 @@ def _run_label(model: str, variant: str) -> str:
 
 @dataclass
 class Table:
-    kind: str
+    dataset: str  # the registered dataset (adapter) name
     protocol: str
     frame: pd.DataFrame
     caption: str
+    classes: tuple[str, ...] = field(default_factory=tuple)  # per-class columns (classification tables)
 
     def markdown(self) -> str:
         return f"**{self.caption}**\n\n" + markdown_table(self.frame) + "\n"
@@ -66,86 +78,131 @@ class Table:
         return f"% {self.caption}\n{body}"
 
 
-def classification_table(kind: str, agg: pd.DataFrame, protocol: str | None = None,
-                         published: pd.DataFrame | None = None) -> Table:
-    """Published rows (same protocol) above our rows; per-emotion "acc / f1" cells and the average."""
-    protocol = protocol or PRIMARY[kind]
-    first, second = PAIRS[protocol]
-    classes = CLASSES[kind]
+def _ours(agg: pd.DataFrame, datasets: Sequence[str], protocol: str):
+    rows = agg[(agg["protocol"] == protocol) & (agg["split"] == "test") & agg["dataset"].isin(list(datasets))]
+    return rows.groupby(["model", "variant", "dataset"], sort=True)
+
+
+def _seeds(part: pd.DataFrame) -> str:
+    return ",".join(map(str, sorted({s for v in part["seeds"] for s in v})))
+
+
+def classification_table(dataset: str, agg: pd.DataFrame, protocol: str, *, classes: Sequence[str],
+                         datasets: Sequence[str], published: pd.DataFrame | None = None) -> Table:
+    """Published rows (same protocol) above our rows; per-class "first / second" cells and the average.
+
+    ``datasets``: the record dataset names (e.g. ``synthetic-iemocap``) that belong to ``dataset``.
+    """
+    proto = get_protocol(protocol)
+    first, second = proto.headline[:2]
+    title = get_adapter(dataset).title
     rows: list[dict[str, Any]] = []
-    pub = published if published is not None else load_published(kind)
+    pub = published if published is not None else load_published(dataset)
     pub = pub[pub["protocol"] == protocol]
     for model in dict.fromkeys(pub["model"]):
         part = pub[pub["model"] == model].set_index("metric")
         if first not in part.index or second not in part.index:
             continue
-        row = {"source": "published", "model": model, "data": kind.upper() if kind == "iemocap" else "CMU-MOSEI",
-               "protocol": protocol, "seeds": "-"}
+        row = {"source": "published", "model": model, "data": title, "protocol": protocol, "seeds": "-"}
         for c in (*classes, "avg"):
             row[c.capitalize() if c != "avg" else "Avg"] = f"{part.loc[first, c]} / {part.loc[second, c]}"
         row["citation"] = part.loc[first, "citation"]
         rows.append(row)
-    ours = agg[(agg["protocol"] == protocol) & (agg["split"] == "test")
-               & agg["dataset"].str.contains(kind)]
-    for (model, variant, dataset), part in ours.groupby(["model", "variant", "dataset"], sort=True):
+    for (model, variant, data), part in _ours(agg, datasets, protocol):
         cell = {(r["class"], r["metric"]): r for _, r in part.iterrows()}
-        seeds = sorted({s for v in part["seeds"] for s in v})
-        row = {"source": "this package", "model": _run_label(model, variant), "data": dataset,
-               "protocol": protocol, "seeds": ",".join(map(str, seeds))}
+        row = {"source": "this package", "model": _run_label(model, variant), "data": data, "protocol": protocol,
+               "seeds": _seeds(part)}
         for c in (*classes, "avg"):
             a, f = cell.get((c, first)), cell.get((c, second))
             key = c.capitalize() if c != "avg" else "Avg"
-            row[key] = (f"{_fmt(a['mean'], a['std'], a['n_seeds'])} / {_fmt(f['mean'], f['std'], f['n_seeds'])}"
+            row[key] = (f"{format_cell(a['mean'], a['std'], a['n_seeds'], proto.display_scale)} / "
+                        f"{format_cell(f['mean'], f['std'], f['n_seeds'], proto.display_scale)}"
                         if a is not None and f is not None else "n/a")
         row["citation"] = "run records"
         rows.append(row)
-    caption = (f"{kind.upper() if kind == 'iemocap' else 'CMU-MOSEI'} test results, protocol {protocol} "
-               f"({first.upper()} / F1 per emotion, x100)")
-    return Table(kind, protocol, pd.DataFrame(rows), caption)
+    caption = (f"{title} test results, protocol {protocol} ({metric_label(first)} / {metric_label(second)} per "
+               f"class, x{proto.display_scale:g})")
+    return Table(dataset, protocol, pd.DataFrame(rows), caption, tuple(classes))
 
 
-def sims_table(agg: pd.DataFrame, published: pd.DataFrame | None = None,
-               labels_used: dict[tuple[str, str, str], str] | None = None) -> Table:
-    """``labels_used``: which CH-SIMS labels a run trained on ("M", or "M,A,T,V" for multitask runs)."""
+def regression_table(dataset: str, agg: pd.DataFrame, protocol: str, *, datasets: Sequence[str],
+                     published: pd.DataFrame | None = None,
+                     labels_used: Mapping[tuple[str, str, str], str] | None = None) -> Table:
+    """One column per headline metric; ``labels_used``: the labels a run trained on ("M", or "M,A,T,V" for
+    multitask runs), keyed by (model, variant, dataset)."""
+    proto = get_protocol(protocol)
+    title = get_adapter(dataset).title
     labels_used = labels_used or {}
     rows: list[dict[str, Any]] = []
-    pub = published if published is not None else load_published("sims")
-    for _, p in pub.iterrows():
-        rows.append({"source": "published", "model": p["model"], "data": "CH-SIMS", "labels": p["labels"],
-                     "protocol": p["protocol"], "seeds": "-", **{m.upper() if m != "corr" else "Corr": p[m]
-                                                               for m in SIMS_METRICS},
+    pub = published if published is not None else load_published(dataset)
+    for _, p in pub[pub["protocol"] == protocol].iterrows():
+        rows.append({"source": "published", "model": p["model"], "data": title, "labels": p.get("labels", ""),
+                     "protocol": p["protocol"], "seeds": "-", **{metric_label(m): p[m] for m in proto.headline},
                      "citation": p["citation"]})
-    ours = agg[(agg["protocol"] == "sims") & (agg["split"] == "test") & (agg["class"] == "avg")]
-    for (model, variant, dataset), part in ours.groupby(["model", "variant", "dataset"], sort=True):
+    for (model, variant, data), part in _ours(agg, datasets, protocol):
+        part = part[part["class"] == "avg"]
         cell = {r["metric"]: r for _, r in part.iterrows()}
-        seeds = sorted({s for v in part["seeds"] for s in v})
-        row = {"source": "this package", "model": _run_label(model, variant), "data": dataset,
-               "labels": labels_used.get((model, variant, dataset), "M"), "protocol": "sims",
-               "seeds": ",".join(map(str, seeds))}
-        for m in SIMS_METRICS:
+        row = {"source": "this package", "model": _run_label(model, variant), "data": data,
+               "labels": labels_used.get((model, variant, data), "M"), "protocol": protocol, "seeds": _seeds(part)}
+        for m in proto.headline:
             c = cell.get(m)
-            row[m.upper() if m != "corr" else "Corr"] = _fmt(c["mean"], c["std"], c["n_seeds"]) if c is not None \
-                else "n/a"
+            row[metric_label(m)] = (format_cell(c["mean"], c["std"], c["n_seeds"], proto.display_scale)
+                                    if c is not None else "n/a")
         row["citation"] = "run records"
         rows.append(row)
-    return Table("sims", "sims", pd.DataFrame(rows), "CH-SIMS test results (x100; MAE lower is better)")
+    lower = [metric_label(m) for m in proto.headline if m in proto.lower_is_better]
+    note = f"; {', '.join(lower)} lower is better" if lower else ""
+    return Table(dataset, protocol, pd.DataFrame(rows), f"{title} test results (x{proto.display_scale:g}{note})")
 
 
-def build_tables(records: Sequence[dict[str, Any]]) -> list[Table]:
-    """Every table the records and published files support: the primary protocol per dataset, and the
-    E2EMAL protocol where runs were evaluated with it."""
+def _table_protocols(declared: Sequence[str], primary_of_runs: set[str], published: pd.DataFrame) -> list[str]:
+    """The primary protocol, then every other declared one that a run selected on or a published row uses."""
+    used = primary_of_runs | set(published.get("protocol", pd.Series(dtype=str)))
+    return [declared[0]] + [p for p in declared[1:] if p in used]
+
+
+def build_tables(records: Sequence[dict[str, Any]], *, published_dir: Path = PUBLISHED_DIR,
+                 datasets: Sequence[str] = ("iemocap", "mosei", "sims")) -> list[Table]:
+    """Every table the records and published files support.
+
+    One dataset per registered adapter named by a record's ``dataset_adapter``, plus ``datasets`` (the papers'
+    tables, shown with their published rows even before any run). Records that name no registered dataset
+    cannot be placed in a table and are left out.
+    """
+    from emolib.data.adapter import Adapter
     from emolib.records import aggregate
 
-    agg = aggregate(records) if records else aggregate([])
+    agg = aggregate(records)
+    members: dict[str, list[str]] = {name: [] for name in datasets}
+    selected: dict[str, set[str]] = {name: set() for name in datasets}
+    classes_of: dict[str, tuple[str, ...]] = {}
+    tasks: dict[str, str] = {}
+    for r in records:
+        name = r.get("dataset_adapter")
+        if not name:
+            continue
+        members.setdefault(name, [])
+        if r["dataset"] not in members[name]:
+            members[name].append(r["dataset"])
+        selected.setdefault(name, set()).add(r["protocol"])
+        classes_of.setdefault(name, tuple(r["class_names"]))
+        tasks.setdefault(name, get_protocol(r["protocol"]).task)
     tables = []
-    kinds = {k for k in ("iemocap", "mosei", "sims") if agg["dataset"].str.contains(k).any()}
-    for kind in ("iemocap", "mosei"):
-        tables.append(classification_table(kind, agg))
-        if kind in kinds and (agg["protocol"] == "e2emal").any():
-            tables.append(classification_table(kind, agg, "e2emal"))
-    labels_used = {(r["model"], r["variant"], r["dataset"]): r.get("extra", {}).get("sims_labels", "M")
-                   for r in records}
-    tables.append(sims_table(agg, labels_used=labels_used))
+    for name, record_datasets in members.items():
+        adapter: Adapter = get_adapter(name)
+        task = tasks.get(name, adapter.task)
+        declared = [u.protocol for u in adapter.protocols_for(task)]
+        published = load_published(name, published_dir)
+        classes = tuple(getattr(adapter, "label_names", ()) or classes_of.get(name, ()))
+        for protocol in _table_protocols(declared, selected.get(name, set()), published):
+            if get_protocol(protocol).task == "regression":
+                labels_used = {(r["model"], r["variant"], r["dataset"]): r.get("extra", {}).get("sims_labels", "M")
+                               for r in records if r.get("dataset_adapter") == name}
+                tables.append(regression_table(name, agg, protocol, datasets=record_datasets, published=published,
+                                               labels_used=labels_used))
+            else:
+                tables.append(classification_table(name, agg, protocol, classes=classes, datasets=record_datasets,
+                                                   published=published))
     return tables
 
 
@@ -153,7 +210,7 @@ def write_tables(tables: Sequence[Table], out_dir: str | Path) -> list[Path]:
     out_dir = Path(out_dir)
     written = []
     for t in tables:
-        stem = f"{t.kind}_{t.protocol}"
+        stem = f"{t.dataset}_{t.protocol}"
         for suffix, text in ((".md", t.markdown()), (".tex", t.latex()),
                              (".csv", t.frame.to_csv(index=False))):
             path = out_dir / f"{stem}{suffix}"

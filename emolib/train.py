@@ -83,7 +83,7 @@ class TrainConfig:
     device: str = "auto"  # auto (GPU when available) | cpu
     num_workers: int = 0
     drop_last: bool = False
-    eval_protocols: list[str] = field(default_factory=list)  # empty: every protocol applicable to the dataset
+    eval_protocols: list[str] = field(default_factory=list)  # run_experiment: the dataset adapter's protocols
     primary_protocol: str | None = None  # selection protocol; None: the first of eval_protocols
     max_steps_per_epoch: int | None = None  # cap on training batches per epoch (smoke runs)
     # Stochastic weight averaging (E2EMAL MERC2020: from epoch 15, every 15 steps): None turns it off. The model
@@ -360,14 +360,17 @@ class LrSchedule:
 
 
 def resolve_protocols(config: TrainConfig, dataset_name: str) -> tuple[list[Any], str]:
-    """The protocol objects to evaluate, and the name of the primary (selection) protocol."""
-    from emolib.metrics import applicable_protocols, get_protocol
+    """The protocol objects to evaluate, and the name of the primary (selection) protocol.
+
+    The trainer does not know datasets: the protocols come from ``config.eval_protocols``, which
+    ``run_experiment`` fills from the dataset's adapter (``emolib.data.adapter.Adapter.protocols``).
+    """
+    from emolib.metrics import get_protocol
 
     names = list(config.eval_protocols)
     if not names:
-        names = list(applicable_protocols(dataset_name))
-        if not names:
-            raise ValueError(f"no metric protocol applies to dataset {dataset_name!r}; set eval_protocols")
+        raise ValueError(f"{dataset_name}: TrainConfig.eval_protocols is empty; name the protocols to evaluate "
+                         "(run_experiment takes them from the dataset's adapter)")
     protocols = [get_protocol(n) for n in names]
     primary = config.primary_protocol or names[0]
     if primary not in names:
@@ -599,7 +602,8 @@ def curves_from_history(history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return curves
 
 
-_RUN_INFO_KEYS = ("model", "profile", "variant", "model_params", "data_params", "loss", "loss_params")
+_RUN_INFO_KEYS = ("model", "profile", "variant", "dataset_adapter", "model_params", "data_params", "loss",
+                  "loss_params")
 
 
 def build_record(*, run_info: Mapping[str, Any], config: TrainConfig, dataset_name: str, primary: str,
@@ -617,6 +621,7 @@ def build_record(*, run_info: Mapping[str, Any], config: TrainConfig, dataset_na
         "model": run_info["model"],
         "variant": run_info.get("variant", run_info["model"]),
         "dataset": dataset_name,
+        "dataset_adapter": run_info.get("dataset_adapter"),
         "profile": run_info["profile"],
         "protocol": primary,
         "seed": config.seed,
@@ -815,7 +820,7 @@ class _Run:
     def _save_checkpoints(self, epoch: int) -> None:
         state, acc = self.state, self.accelerator
         if state["best"]["epoch"] == epoch:
-            _save({"epoch": epoch, "model": self.best_state}, self.best_path)
+            _save(self._best_payload(epoch), self.best_path)
         _save({
             "format": CHECKPOINT_FORMAT, "epoch": epoch, "config": self.config.to_dict(),
             "dataset": self.dataset_name, "class_names": self.class_names, "model": self.raw_model.state_dict(),
@@ -838,7 +843,7 @@ class _Run:
         swa = self._finish_swa() if self.swa is not None else None
         self.raw_model.load_state_dict(self.best_state)
         if self.accelerator.is_main_process and not self.best_path.exists():
-            _save({"epoch": self.state["best"]["epoch"], "model": self.best_state}, self.best_path)
+            _save(self._best_payload(self.state["best"]["epoch"]), self.best_path)
         record = build_record(run_info=run_info, config=self.config, dataset_name=self.dataset_name,
                               primary=self.primary, class_names=self.class_names, state=self.state,
                               n_params=self.n_params, n_trainable=self.n_trainable,
@@ -868,6 +873,14 @@ class _Run:
         if self.accelerator.is_main_process:
             _save({"n_averaged": swa.n_averaged, "model": _cpu_state(module)}, self.last_path.parent / "swa.pt")
         return summary
+
+    def _best_payload(self, epoch: int) -> dict[str, Any]:
+        """``best.pt``: the best epoch's weights and the model's configuration (which rebuilds the model)."""
+        payload: dict[str, Any] = {"epoch": epoch, "model": self.best_state}
+        config = getattr(self.raw_model, "config", None)
+        if callable(getattr(config, "to_dict", None)):
+            payload["model_config"] = config.to_dict()
+        return payload
 
 
 class _Swa:

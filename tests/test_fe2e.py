@@ -20,22 +20,18 @@ ALBERT_BASE_WITH_POOLER = 11_683_584
 ALBERT_POOLER = 768 * 768 + 768
 
 
-def make_batch(seed: int = 0) -> dict:
-    return contract_batch(seed, face_size=48, num_classes=C)
-
-
 def tiny_fe2e(modalities: str = "tav", **kw) -> FE2E:
     torch.manual_seed(0)
     cfg = model_config("fe2e", "tiny", modalities=modalities, **kw)
     text = TextEncoder.tiny_random() if "t" in modalities else None
-    return FE2E(C, **cfg, text_encoder=text)
+    return FE2E(C, cfg, text_encoder=text)
 
 
 def test_registered_with_paper_and_tiny_configs() -> None:
     entry = REGISTRY.entry("model", "fe2e")
     assert entry.obj is FE2E and set(entry.meta["configs"]) == {"paper", "tiny"}
     paper = model_config("fe2e", "paper")
-    assert (paper["d"], paper["nlayers"], paper["nheads"], paper["text_model"], paper["text_max_length"]) == \
+    assert (paper.d, paper.nlayers, paper.nheads, paper.text_model, paper.text_max_length) == \
         (64, 4, 4, "albert-base-v2", 100)
 
 
@@ -43,7 +39,7 @@ def test_outputs_and_weighted_late_fusion_in_dai_order() -> None:
     model = tiny_fe2e().eval()
     with torch.no_grad():
         model.fusion.weights.weight.copy_(torch.tensor([[0.5, -2.0, 3.0]]))
-        out = model(make_batch())
+        out = model(contract_batch(num_classes=C))
     assert set(out) == {"logits", "text", "visual", "audio"}
     assert all(v.shape == (3, C) for v in out.values())
     expected = 0.5 * out["text"] - 2.0 * out["visual"] + 3.0 * out["audio"]
@@ -53,7 +49,7 @@ def test_outputs_and_weighted_late_fusion_in_dai_order() -> None:
 
 def test_every_parameter_gets_a_gradient() -> None:
     model = tiny_fe2e().train()
-    batch = make_batch()
+    batch = contract_batch(num_classes=C)
     out = model(batch)
     nn.functional.binary_cross_entropy_with_logits(out["logits"], batch["labels"]).backward()
     for name, p in model.named_parameters():
@@ -65,7 +61,7 @@ def test_every_parameter_gets_a_gradient() -> None:
 def test_modality_subsets(mods: str, heads: set[str]) -> None:
     model = tiny_fe2e(mods).eval()
     with torch.no_grad():
-        out = model(make_batch())
+        out = model(contract_batch(num_classes=C))
     assert set(out) == {"logits"} | heads
     if len(heads) == 1:
         assert model.fusion is None

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from emolib.data import formats as F
-from emolib.data.labels import MOSEI_EMOTIONS
+from emolib.labels import MOSEI_EMOTIONS
 
 IEMOCAP_EVAL = (
     "% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]\n"

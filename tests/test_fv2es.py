@@ -10,7 +10,8 @@ from helpers import contract_batch
 from torch import nn
 
 from emolib.models import build_model, model_config
-from emolib.models.fv2es import FV2ES, reparameterisation_report
+from emolib.models.fv2es import FV2ES
+from emolib.recipes.fv2es import reparameterisation_report
 from emolib.models.nest_audio import (
     NestEncoder,
     drop_path_schedule,
@@ -25,10 +26,6 @@ from emolib.train import TrainConfig, build_optimizer, freeze_hooked_params, par
 
 C = 6
 ALBERT_BASE_WITH_POOLER = 11_683_584  # ALBERT-base-v2 as FE2E/FV2ES build it (reference-spec §1.2)
-
-
-def make_batch(seed: int = 0) -> dict:
-    return contract_batch(seed, face_size=48, num_classes=C)
 
 
 def randomise_bn(module: nn.Module, seed: int = 0) -> None:
@@ -47,7 +44,7 @@ def randomise_bn(module: nn.Module, seed: int = 0) -> None:
 def tiny_fv2es(modalities: str = "tav", **kw) -> FV2ES:
     torch.manual_seed(0)
     cfg = model_config("fv2es", "tiny", modalities=modalities, **kw)
-    return FV2ES(C, **cfg, text_encoder=TextEncoder.tiny_random() if "t" in modalities else None)
+    return FV2ES(C, cfg, text_encoder=TextEncoder.tiny_random() if "t" in modalities else None)
 
 
 # ------------------------------------------------------------------------------------------------ RepVGG
@@ -118,7 +115,7 @@ def test_fused_state_dict_loads_into_a_fresh_unfused_model() -> None:
     fresh.load_state_dict(state)  # strict: every key matched
     assert fresh.is_fused
     fresh.eval()
-    batch = make_batch()
+    batch = contract_batch(num_classes=C)
     with torch.no_grad():
         torch.testing.assert_close(fresh(batch)["logits"], model(batch)["logits"])
 
@@ -153,7 +150,7 @@ def test_tiny_nest_shapes_and_levels() -> None:
 def test_paper_nest_configuration_and_output_shape() -> None:
     torch.manual_seed(0)
     model = build_model("fv2es", "paper", num_outputs=C, modalities="a")
-    nest = model.audio.nest
+    nest = model.audio.backbone
     assert nest.patch_embed.kernel_size == (3, 3) and nest.patch_embed.in_channels == 4
     assert [len(lv.transformer_encoder) for lv in nest.levels] == [2, 2, 20]
     assert [lv.transformer_encoder[0].attn.num_heads for lv in nest.levels] == [4, 8, 16]
@@ -168,7 +165,7 @@ def test_paper_nest_configuration_and_output_shape() -> None:
 def test_paper_parameter_count_matches_the_spec() -> None:
     model = build_model("fv2es", "paper", num_outputs=C, modalities="va")
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    assert round(count(model.audio.nest) / 1e6, 1) == 66.7
+    assert round(count(model.audio.backbone) / 1e6, 1) == 66.7
     assert count(model.audio.flatten) == 32768 * 1024 + 1024 + 1024 * 64 + 64  # 33.6 M
     total = count(model) + 768 * C + C + 1 + ALBERT_BASE_WITH_POOLER  # + t_out, third fusion scalar, ALBERT
     assert round(total / 1e6) == 121  # reference-spec §2.2
@@ -179,7 +176,7 @@ def test_paper_parameter_count_matches_the_spec() -> None:
 
 def test_tiny_outputs_and_every_parameter_gets_a_gradient() -> None:
     model = tiny_fv2es().train()
-    batch = make_batch()
+    batch = contract_batch(num_classes=C)
     out = model(batch)
     assert set(out) == {"logits", "text", "visual", "audio"} and out["logits"].shape == (3, C)
     nn.functional.binary_cross_entropy_with_logits(out["logits"], batch["labels"]).backward()
@@ -193,7 +190,7 @@ def test_default_keeps_training_the_multi_branch_form_and_fuse_keeps_outputs() -
     model.train()
     model.eval()
     assert not model.is_fused  # paper intent: evaluation does not fuse
-    batch = make_batch()
+    batch = contract_batch(num_classes=C)
     with torch.no_grad():
         ref = model(batch)
         model.fuse()
@@ -204,14 +201,14 @@ def test_default_keeps_training_the_multi_branch_form_and_fuse_keeps_outputs() -
 
 
 def _visual_conv_weights(model: FV2ES) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in model.visual.cnn.named_parameters() if ".fused." in f".{n}"}
+    return {n: p.detach().clone() for n, p in model.visual.backbone.named_parameters() if ".fused." in f".{n}"}
 
 
 def test_fuse_at_first_validation_freezes_the_fused_convs_as_the_released_code() -> None:
     model = tiny_fv2es("va", fuse_at_first_validation=True)
     config = TrainConfig(lr=1e-2)
     optimizer = build_optimizer(parameter_groups(model, nn.Identity(), config), config)
-    batch = make_batch()
+    batch = contract_batch(num_classes=C)
 
     def step() -> None:
         model.train()
@@ -226,25 +223,25 @@ def test_fuse_at_first_validation_freezes_the_fused_convs_as_the_released_code()
     model.eval()  # the first validation
     assert model.is_fused
     fused = _visual_conv_weights(model)
-    assert fused and all(not p.requires_grad for n, p in model.visual.cnn.named_parameters() if "fused" in n)
+    assert fused and all(not p.requires_grad for n, p in model.visual.backbone.named_parameters() if "fused" in n)
     in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
     assert not any(id(p) in in_optimizer for n, p in model.named_parameters() if "fused" in n)
     flatten_before = model.visual.flatten[0].weight.detach().clone()
-    stem_before = model.visual.cnn[0].weight.detach().clone()
+    stem_before = model.visual.backbone[0].weight.detach().clone()
     step()
     step()
     after = _visual_conv_weights(model)
     assert all(torch.equal(fused[n], after[n]) for n in fused)  # frozen from the first validation on
     assert not torch.equal(flatten_before, model.visual.flatten[0].weight)  # the rest keeps training
-    assert not torch.equal(stem_before, model.visual.cnn[0].weight)  # the 5x5 stem is no RepVGG block
+    assert not torch.equal(stem_before, model.visual.backbone[0].weight)  # the 5x5 stem is no RepVGG block
 
 
 def test_fuse_at_first_validation_gives_the_multi_branch_eval_output() -> None:
     model = tiny_fv2es("va", fuse_at_first_validation=True)
     randomise_bn(model)
     reference = copy.deepcopy(model)
-    reference.fuse_at_first_validation = False
-    batch = make_batch()
+    reference.config = reference.config.replace(fuse_at_first_validation=False)
+    batch = contract_batch(num_classes=C)
     with torch.no_grad():
         ref = reference.eval()(batch)["logits"]
         out = model.eval()(batch)["logits"]
@@ -265,7 +262,7 @@ def test_registry_entry() -> None:
     entry = REGISTRY.entry("model", "fv2es")
     assert entry.obj is FV2ES and set(entry.meta["configs"]) == {"paper", "tiny"}
     cfg = model_config("fv2es", "paper")
-    assert cfg["nest_depths"] == (2, 2, 20) and cfg["nest_drop_path"] == 0.5
+    assert cfg.nest_depths == (2, 2, 20) and cfg.nest_drop_path == 0.5
     assert "fuse_at_first_validation" in entry.meta["quirks"]
 
 
@@ -274,14 +271,14 @@ def test_registry_entry() -> None:
 
 def test_attention_maps_are_block_local_distributions() -> None:
     model = tiny_fv2es("a")
-    batch = make_batch()
-    x, lengths = model.audio.pieces(batch["audio"], batch["audio_lengths"])
-    maps = nest_attention(model.audio.nest, x)
+    batch = contract_batch(num_classes=C)
+    x, lengths = model.audio.items(batch["audio"], batch["audio_lengths"])
+    maps = nest_attention(model.audio.backbone, x)
     assert [(a.level, a.layer) for a in maps] == [(0, 0), (1, 0), (2, 0), (2, 1)]
     assert maps[0].weights.shape == (x.shape[0], 2, 16, 64, 64) and maps[2].weights.shape[2] == 1
     for a in maps:
         torch.testing.assert_close(a.weights.sum(-1), torch.ones_like(a.weights[..., 0]))
-    assert model.audio.nest.training  # restored
+    assert model.audio.backbone.training  # restored
 
     spec = spectrogram_attention(model.audio, batch["audio"], batch["audio_lengths"], level=0)
     assert [s.shape for s in spec.spectrogram] == [(128, 32 * int(p)) for p in lengths]
@@ -297,7 +294,7 @@ def test_attention_maps_are_block_local_distributions() -> None:
 
 
 def test_variant_names_keep_code_faithful_runs_apart() -> None:
-    from emolib.models.fv2es import fv2es_variant
+    from emolib.recipes.fv2es import fv2es_variant
 
     assert fv2es_variant() == ""
     assert fv2es_variant(True, False) == "code"
@@ -308,29 +305,27 @@ def test_fusion_effect_and_weights_table() -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    from emolib.models.fe2e import fusion_weights_table
-    from emolib.models.fv2es import fusion_effect
-    from emolib.models.nest_audio import plot_spectrogram_attention
+    from emolib.recipes.fv2es import fusion_effect, fusion_weights_table, plot_spectrogram_attention
 
     model = tiny_fv2es("va")
     randomise_bn(model)
-    effect = fusion_effect(model, make_batch(), repeats=1)
+    effect = fusion_effect(model, contract_batch(num_classes=C), repeats=1)
     assert not model.is_fused  # works on copies
     assert effect["visual_params_multi_branch"] - effect["visual_params_fused"] == \
         effect["params_multi_branch"] - effect["params_fused"] > 0
     assert max(effect["max_abs_diff"].values()) < 1e-5 and set(effect["max_abs_diff"]) == {"logits", "visual",
                                                                                          "audio"}
     with pytest.raises(ValueError, match="not fused yet"):
-        fusion_effect(model.fuse(), make_batch())
+        fusion_effect(model.fuse(), contract_batch(num_classes=C))
     table = fusion_weights_table({"fv2es": model})
     assert list(table.columns) == ["visual", "audio"] and table.index.tolist() == ["fv2es"]
-    batch = make_batch()
+    batch = contract_batch(num_classes=C)
     fig = plot_spectrogram_attention(spectrogram_attention(model.audio, batch["audio"], batch["audio_lengths"]))
     assert len(fig.axes) == 4
 
 
 def test_two_stage_frame_grid_matches_the_sampler() -> None:
-    from emolib.bench_fv2es import _grid_indices
+    from emolib.bench.fv2es import _grid_indices
 
     times = [i / 30 for i in range(100)]  # 30 fps: every 15th frame is on the 500 ms grid
     assert _grid_indices(times, 0.5) == [0, 15, 30, 45, 60, 75, 90]
@@ -339,7 +334,7 @@ def test_two_stage_frame_grid_matches_the_sampler() -> None:
 
 @pytest.mark.slow
 def test_bench_fv2es_runs(tmp_path) -> None:
-    from emolib.bench_fv2es import bench_fv2es
+    from emolib.bench.fv2es import bench_fv2es
 
     result = bench_fv2es(tmp_path, n_clips=2, batch_faces=16, repeats=1, device="cpu")
     vis = result["visual_reparameterisation"]["paper"]

@@ -8,7 +8,8 @@ deliberately loose bar for tiny models trained for a few epochs on ~280 clips; i
 
 Scores use each dataset's design metric on the test split: IEMOCAP 6-class accuracy of the argmax, CMU-MOSEI
 the mean weighted accuracy (dai-mosei protocol, thresholds chosen on valid), CH-SIMS Acc2 of M. Each run uses
-exactly the parameters that params/smoke.yaml gives notebook 02, on freshly built smoke-size releases.
+exactly the parameters that params/smoke.yaml gives notebook 02, on freshly built smoke-size releases (the
+session fixture ``smoke_caches`` of conftest.py, prepared with the parameters the profile gives notebook 01).
 """
 
 from __future__ import annotations
@@ -19,11 +20,10 @@ import numpy as np
 import pytest
 import torch
 
-from emolib.data import get_adapter, synthetic
+from emolib.data import synthetic
 from emolib.data.dataset import collate
-from emolib.data.prepare import PrepareParams
-from emolib.data.release import synthesize_release
-from emolib.experiment import load_splits, run_experiment, unimodal_experiment
+from emolib.experiment import load_splits, run_experiment
+from emolib.recipes.baselines import unimodal_experiment
 from emolib.pipeline.profile import load_profile
 
 GAP_FRACTION = 0.25
@@ -31,21 +31,6 @@ ROOT = Path(__file__).resolve().parents[1]
 MODALITIES = ("audio", "visual", "text")
 # Slow (about 9 minutes on 2 idle cores), so it runs with `make test-all`, not in the default suite.
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def smoke_caches(tmp_path_factory) -> dict[str, Path]:
-    base = tmp_path_factory.mktemp("smoke")
-    caches = {}
-    runs = {r.key: r.parameters for r in load_profile("smoke", ROOT).runs}
-    for d in synthetic.DATASETS:
-        p = runs[f"data:{d}"]
-        root = synthesize_release(d, base / "raw" / d, seed=p["synth_seed"], size=p["synth_size"])
-        params = PrepareParams(face_size=p["face_size"], img_interval=p["img_interval"])
-        report = get_adapter(d).prepare(root, base / "cache" / d, params=params, progress=False)
-        assert report.complete and report.face_stats["face_rate"] >= 0.95, report.summary()
-        caches[d] = base / "cache" / d
-    return caches
 
 
 def _argmax_accuracy(model, dataset) -> float:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import log_loss
 
-from emolib.data.labels import IEMOCAP_CLASSES, MOSEI_EMOTIONS
+from emolib.labels import IEMOCAP_CLASSES, MOSEI_EMOTIONS
 from emolib.losses import adaptive as adaptive_module  # noqa: F401  (registers the losses)
 from emolib.losses import build_loss
 from emolib.losses.adaptive import AdaptiveLoss, MoseiEmotionLoss, keras_probability_bce, mosei_class_weights

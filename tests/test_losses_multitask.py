@@ -12,6 +12,7 @@ from torch import nn
 
 from emolib.losses import build_loss
 from emolib.losses import multitask as mt
+from emolib.recipes import emombt as R
 from emolib.train import TrainConfig, parameter_groups
 
 BINARY = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [0, 0, 0]], dtype=np.float32)
@@ -187,10 +188,10 @@ def test_task_weight_curves_reads_train_parts() -> None:
     record = {"model": "emombt", "variant": "dwa", "seed": 0,
               "curves": {"epoch": [1, 2], "train_parts": {"weight_audio": [1.0, 0.9], "loss_audio": [0.5, 0.4],
                                                           "weight_fusion": [1.0, 1.1]}}}
-    frame = mt.task_weight_curves([record])
+    frame = R.task_weight_curves([record])
     assert list(frame.columns) == ["run", "seed", "epoch", "task", "weight"]
     assert frame.query("task == 'fusion'")["weight"].tolist() == [1.0, 1.1]
     assert set(frame["run"]) == {"emombt-dwa"} and len(frame) == 4
-    losses = mt.task_weight_curves([record], part="loss")
+    losses = R.task_weight_curves([record], part="loss")
     assert list(losses.columns)[-1] == "loss" and losses["loss"].tolist() == [0.5, 0.4]
-    assert mt.task_weight_curves([record], part="sigma").empty
+    assert R.task_weight_curves([record], part="sigma").empty

@@ -21,7 +21,7 @@ from sklearn.metrics import (
 )
 
 from emolib import metrics, registry
-from emolib.data.labels import IEMOCAP_CLASSES, MOSEI_EMOTIONS, SIMS_TARGETS
+from emolib.labels import IEMOCAP_CLASSES, MOSEI_EMOTIONS, SIMS_TARGETS
 
 CLASSIFICATION = ("dai-iemocap", "dai-mosei", "e2emal")
 ALL_PROTOCOLS = CLASSIFICATION + ("sims",)
@@ -378,18 +378,24 @@ def test_protocols_are_registered_with_consistent_metadata() -> None:
         metrics.get_protocol("no-such-protocol")
 
 
-def test_applicable_protocols_by_dataset_kind() -> None:
-    assert metrics.applicable_protocols("iemocap") == ["dai-iemocap", "e2emal"]
-    assert metrics.applicable_protocols("synthetic-mosei") == ["dai-mosei", "dai-iemocap", "e2emal"]
-    assert metrics.applicable_protocols("CH-SIMS") == ["sims"]
-    assert "code variant" in metrics.protocol_role("mosei", "dai-iemocap")
-    assert metrics.protocol_role("iemocap", "dai-iemocap").startswith("primary")
-    for kind in metrics.DATASET_KINDS:
-        assert set(metrics.applicable_protocols(kind)) <= set(registry.names("protocol"))
-    with pytest.raises(ValueError, match="cannot tell its kind"):
-        metrics.applicable_protocols("meld")
-    with pytest.raises(ValueError, match="not applicable"):
-        metrics.protocol_role("sims", "e2emal")
+def test_every_dataset_declares_registered_protocols_of_its_task() -> None:
+    from emolib.data.adapter import dataset_protocols, get_adapter
+
+    assert [u.protocol for u in dataset_protocols("iemocap")] == ["dai-iemocap", "e2emal"]
+    assert [u.protocol for u in dataset_protocols("mosei")] == ["dai-mosei", "dai-iemocap", "e2emal"]
+    assert [u.protocol for u in dataset_protocols("sims")] == ["sims"]
+    assert "code variant" in dict(dataset_protocols("mosei"))["dai-iemocap"]
+    assert [u.protocol for u in dataset_protocols("own", "regression")] == ["sims"]
+    for name in registry.names("dataset"):
+        adapter = get_adapter(name)
+        for task in ("multilabel", "regression") if name == "own" else (adapter.task,):
+            uses = adapter.protocols_for(task)
+            assert uses[0].role.startswith("primary")
+            assert all(metrics.get_protocol(u.protocol).task == task for u in uses)
+    with pytest.raises(KeyError, match="unknown dataset 'synthetic-mosei'"):
+        dataset_protocols("synthetic-mosei")  # names are looked up, never guessed from substrings
+    with pytest.raises(ValueError, match="is a multilabel dataset"):
+        get_adapter("iemocap").protocols_for("regression")
 
 
 def test_selection_score_and_display() -> None:

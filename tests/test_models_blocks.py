@@ -10,6 +10,7 @@ import torch.nn.functional as F
 import torchaudio
 from torch import nn
 
+from emolib.models.config import SequenceConfig
 from emolib.models.blocks import (
     AudioBranch,
     ClsTransformerEncoder,
@@ -162,11 +163,13 @@ def test_cls_transformer_is_order_invariant_without_positional_encoding() -> Non
 
 
 def test_cls_transformer_defaults_and_gradients() -> None:
+    torch.manual_seed(0)
     enc = ClsTransformerEncoder(d=64, nlayers=4, nheads=4)
     layer = enc.encoder.layers[0]
     assert layer.linear1.out_features == 2048 and layer.dropout.p == 0.1 and not layer.norm_first
     assert layer.activation_relu_or_gelu == 1  # ReLU
-    enc(torch.randn(5, 64), [2, 3]).sum().backward()
+    # A weighted sum: the plain sum of a post-LN output is constant (sum of the LN bias), with no gradient.
+    (enc(torch.randn(5, 64), [2, 3]) * torch.randn(2, 64)).sum().backward()
     assert enc.cls_emb.weight.grad is not None and enc.cls_emb.weight.grad.abs().sum() > 0
 
 
@@ -281,10 +284,11 @@ def test_weighted_late_fusion_exact() -> None:
 
 
 def test_branches_return_cls_and_sequence() -> None:
-    visual = VisualBranch(d=16, nlayers=1, nheads=2, dim_feedforward=32, widths=TINY, flatten_hidden=32)
+    config = SequenceConfig(d=16, nlayers=1, nheads=2, dim_feedforward=32, widths=TINY, flatten_hidden=32)
+    visual = VisualBranch(config)
     faces = torch.randint(0, 256, (5, 3, 64, 64), dtype=torch.uint8)
     assert visual(faces, [2, 3]).shape == (2, 16)
     assert visual(faces, [2, 3], return_sequence=True).sequence.shape == (2, 4, 16)
-    audio = AudioBranch(d=16, nlayers=1, nheads=2, dim_feedforward=32, widths=TINY, flatten_hidden=32)
+    audio = AudioBranch(config)
     out = audio(0.1 * torch.randn(2, 9000), torch.tensor([9000, 2000]), return_sequence=True)
     assert out.cls.shape == (2, 16) and out.padding_mask.tolist() == [[False] * 3, [False, False, True]]

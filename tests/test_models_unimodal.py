@@ -9,20 +9,18 @@ from torch import nn
 
 from emolib.models import build_model, model_config
 from emolib.models.text import TextEncoder
-from emolib.models.unimodal import AudioOnly, TextOnly, VisualOnly
+from emolib.models.fe2e import AudioOnly, TextOnly, VisualOnly
 from emolib.registry import REGISTRY
 
 C = 6
 
 
-def make_batch(seed: int = 0) -> dict:
-    return contract_batch(seed, face_size=64, num_classes=C)
-
-
 def _assert_every_parameter_gets_gradient(model: nn.Module, batch: dict) -> None:
     model.train()
     out = model(batch)
-    assert set(out) == {"logits"} and out["logits"].shape == (3, C)
+    # FE2E restricted to one modality: the logits are that modality's head, also returned under its name
+    (head,) = set(out) - {"logits"}
+    assert head in ("text", "visual", "audio") and out["logits"] is out[head] and out["logits"].shape == (3, C)
     nn.functional.binary_cross_entropy_with_logits(out["logits"], batch["labels"]).backward()
     for name, p in model.named_parameters():
         if p.requires_grad:
@@ -35,38 +33,38 @@ def test_registry_lists_the_baselines_with_their_configs() -> None:
         entry = REGISTRY.entry("model", name)
         assert set(entry.meta["configs"]) == {"paper", "tiny"}
     assert REGISTRY.get("model", "visual-only") is VisualOnly
-    assert model_config("text-only", "paper")["text_model"] == "albert-base-v2"
+    assert model_config("text-only", "paper").text_model == "albert-base-v2"
 
 
 @pytest.mark.parametrize("name", ["visual-only", "audio-only"])
 def test_tiny_visual_and_audio_shapes_and_gradients(name: str) -> None:
     torch.manual_seed(0)
     model = build_model(name, "tiny", num_outputs=C)
-    _assert_every_parameter_gets_gradient(model, make_batch())
+    _assert_every_parameter_gets_gradient(model, contract_batch(face_size=64, num_classes=C))
 
 
 def test_tiny_text_only_uses_minilm_and_trains_every_parameter() -> None:
     torch.manual_seed(0)
     model = build_model("text-only", "tiny", num_outputs=C)
-    assert model.text_encoder.source.kind == "wheel" and model.head.in_features == 384
-    _assert_every_parameter_gets_gradient(model, make_batch())
+    assert model.text_encoder.source.kind == "wheel" and model.t_out.in_features == 384
+    _assert_every_parameter_gets_gradient(model, contract_batch(face_size=64, num_classes=C))
 
 
 def test_text_only_lr_factors_follow_text_lr_factor() -> None:
     model = TextOnly(C, text_encoder=TextEncoder.tiny_random(), text_lr_factor=10)
     factors = model.lr_factors()
-    assert factors == {"text_encoder": pytest.approx(0.1), "head": pytest.approx(0.1)}
+    assert factors == {"text_encoder": pytest.approx(0.1), "t_out": pytest.approx(0.1)}
     for key in factors:
         model.get_submodule(key)  # keys name real submodules
-    assert TextOnly(C, text_encoder=TextEncoder.tiny_random(), text_lr_factor=4).lr_factors()["head"] == 0.25
-    assert model.lr_factors(text_lr_factor=2) == {"text_encoder": 0.5, "head": 0.5}  # the trainer's value wins
+    assert TextOnly(C, text_encoder=TextEncoder.tiny_random(), text_lr_factor=4).lr_factors()["t_out"] == 0.25
+    assert model.lr_factors(text_lr_factor=2) == {"text_encoder": 0.5, "t_out": 0.5}  # the trainer's value wins
     assert build_model("visual-only", num_outputs=C).lr_factors() == {}
 
 
 def test_outputs_ignore_audio_padding_and_other_utterances() -> None:
     torch.manual_seed(0)
     model = build_model("audio-only", "tiny", num_outputs=C).eval()
-    batch = make_batch()
+    batch = contract_batch(face_size=64, num_classes=C)
     noisy = dict(batch, audio=batch["audio"].clone())
     noisy["audio"][1, 3000:] = 0.5  # garbage in the zero padding of the short utterance
     single = dict(batch, audio=batch["audio"][1:2, :3000], audio_lengths=batch["audio_lengths"][1:2])
@@ -79,7 +77,7 @@ def test_outputs_ignore_audio_padding_and_other_utterances() -> None:
 def test_visual_output_of_an_utterance_is_independent_of_the_batch() -> None:
     torch.manual_seed(0)
     model = build_model("visual-only", "tiny", num_outputs=C).eval()
-    batch = make_batch()
+    batch = contract_batch(face_size=64, num_classes=C)
     single = dict(batch, faces=batch["faces"][1:5], face_lengths=torch.tensor([4]))
     with torch.no_grad():
         torch.testing.assert_close(model(single)["logits"][0], model(batch)["logits"][1], rtol=1e-5, atol=1e-5)
@@ -108,8 +106,8 @@ def test_paper_parameter_counts_match_the_spec_arithmetic() -> None:
     visual = build_model("visual-only", "paper", num_outputs=C).visual
     audio = build_model("audio-only", "paper", num_outputs=C).audio
     expected = {
-        "V": (visual.cnn, _cnn_params(3), 4.80),
-        "A": (audio.cnn, _cnn_params(1), 4.80),
+        "V": (visual.backbone, _cnn_params(3), 4.80),
+        "A": (audio.backbone, _cnn_params(1), 4.80),
         "v_flatten": (visual.flatten, 4608 * 1024 + 1024 + 1024 * 64 + 64, 4.79),
         "a_flatten": (audio.flatten, 8192 * 1024 + 1024 + 1024 * 64 + 64, 8.46),
         "v_transformer": (visual.transformer, _transformer_params(), 1.12),
@@ -123,7 +121,7 @@ def test_paper_parameter_counts_match_the_spec_arithmetic() -> None:
 
 def test_paper_configs_run_on_a_small_batch() -> None:
     torch.manual_seed(0)
-    batch = make_batch()
+    batch = contract_batch(face_size=64, num_classes=C)
     for name in ("visual-only", "audio-only"):
         model = build_model(name, "paper", num_outputs=C).eval()
         with torch.no_grad():
@@ -132,7 +130,7 @@ def test_paper_configs_run_on_a_small_batch() -> None:
 
 def test_build_model_configs_and_overrides() -> None:
     model = build_model("visual-only", "tiny", num_outputs=4, d=16, nheads=4)
-    assert model.head.out_features == 4 and model.visual.transformer.d == 16
+    assert model.v_out.out_features == 4 and model.visual.transformer.d == 16
     from_dict = build_model("audio-only", {"d": 8, "nlayers": 1, "nheads": 2, "widths": (4, 4, 4, 4, 4, 4)},
                             num_outputs=2)
     assert from_dict.audio.flatten[0].in_features == 4 * 8 * 2 and from_dict.audio.flatten[0].out_features == 1024
@@ -146,7 +144,7 @@ def test_build_model_configs_and_overrides() -> None:
 
 def test_missing_batch_key_names_the_model_and_key() -> None:
     model = AudioOnly(C, d=8, nlayers=1, nheads=2, widths=(4, 4, 4, 4, 4, 4), flatten_hidden=8)
-    batch = make_batch()
+    batch = contract_batch(face_size=64, num_classes=C)
     del batch["audio"]
     with pytest.raises(KeyError, match=r"'audio-only' needs batch\['audio'\]"):
         model(batch)

@@ -10,14 +10,11 @@ import torch
 
 import emolib.models.fe2e  # noqa: F401  (registers "fe2e")
 import emolib.models.fv2es  # noqa: F401  (registers "fv2es")
-from emolib.data import get_adapter
+from emolib.models import model_config
 from emolib.data.cache import Cache
 from emolib.data.dataset import CachedDataset, FrameOptions, collate
 from emolib.data.formats import parse_mosei_transcript
-from emolib.data.prepare import PrepareParams
-from emolib.data.release import synthesize_release
 from emolib.experiment import Experiment, run_experiment
-from emolib.io import write_json
 from emolib.predict import (
     FV2ESPipeline,
     build_requests,
@@ -30,28 +27,25 @@ from emolib.predict import (
     sources_of,
 )
 
-PARAMS = PrepareParams(face_size=48, mtcnn_batch=16, device="cpu")
 TRAIN = {"epochs": 2, "batch_size": 2, "max_steps_per_epoch": 1, "device": "cpu", "progress": False, "lr": 1e-3}
 
 
 @pytest.fixture(scope="session")
-def mosei(tmp_path_factory) -> dict[str, Path]:
-    base = tmp_path_factory.mktemp("predict")
-    root = synthesize_release("mosei", base / "raw", seed=3, size="tiny")
+def mosei(synthetic_release, synthetic_cache, tmp_path_factory) -> dict[str, Path]:
+    """The shared tiny CMU-MOSEI release, prepared (TINY_PREPARE) with folds of its own."""
+    root = synthetic_release("mosei")
     # The tiny release has two videos, too few for video-disjoint train/valid/test folds: assign utterances.
     uids = sorted(seg.utt_id for t in (root / "Transcript/Combined").glob("*.txt") for seg in parse_mosei_transcript(t))
     folds = {s: [u for i, u in enumerate(uids) if ("train", "train", "valid", "test")[i % 4] == s]
              for s in ("train", "valid", "test")}
-    write_json(root / "folds.json", folds)
-    report = get_adapter("mosei").prepare(root, base / "cache", params=PARAMS, progress=False)
-    assert report.complete and not report.skipped, report.summary()
-    return {"root": root, "cache": base / "cache", "results": base / "results"}
+    cache = synthetic_cache("mosei", folds=folds)
+    return {"root": root, "cache": cache, "results": tmp_path_factory.mktemp("predict") / "results"}
 
 
 @pytest.fixture(scope="session")
 def fv2es_run(mosei) -> dict:
     """A tiny code-faithful FV2ES trained 2 epochs by the real trainer: fused at the first validation."""
-    exp = Experiment(profile="test", model="fv2es", cache_dir=mosei["cache"], size="tiny",
+    exp = Experiment(profile="test", model="fv2es", cache_dir=mosei["cache"], config="tiny",
                      model_overrides={"fuse_at_first_validation": True, "train_visual_head": False},
                      train=TRAIN, frames={"face_size": 48}, variant="code", results_root=mosei["results"])
     models = []
@@ -63,8 +57,12 @@ def fv2es_run(mosei) -> dict:
 def test_trainer_runs_fv2es_with_the_released_code_quirks(fv2es_run) -> None:
     record, model = fv2es_run["record"], fv2es_run["model"]
     assert record["model"] == "fv2es" and record["variant"] == "code" and record["epochs_run"] == 2
-    assert record["params"]["model"] == {"size": "tiny", "fuse_at_first_validation": True,
-                                         "train_visual_head": False}
+    # the record holds the whole configuration (the model's config dataclass) and which named one it started from
+    assert record["params"]["model"] == model_config("fv2es", "tiny", fuse_at_first_validation=True,
+                                                     train_visual_head=False).to_dict()
+    assert record["extra"]["model_config_name"] == "tiny"
+    assert torch.load(fv2es_run["best"], map_location="cpu", weights_only=True)["model_config"] == \
+        record["params"]["model"]
     assert model.is_fused  # fused at the first validation and trained on in that form
     # v_out (frozen) and the fused convs (created after the optimiser) are not trainable
     assert record["n_trainable_params"] < record["n_params"]
@@ -72,8 +70,19 @@ def test_trainer_runs_fv2es_with_the_released_code_quirks(fv2es_run) -> None:
     assert any(k.endswith("fused.weight") for k in state)
 
 
-def test_trainer_runs_fe2e_and_learns_fusion_weights(mosei) -> None:
-    exp = Experiment(profile="test", model="fe2e", cache_dir=mosei["cache"], size="tiny", train=TRAIN,
+def test_trainer_runs_fe2e_and_learns_fusion_weights(mosei, monkeypatch) -> None:
+    import emolib.models
+
+    # The fusion weights of the model run_experiment builds, before the trainer touches it.
+    built, build_model = [], emolib.models.build_model
+
+    def recording_build_model(*args, **kwargs):
+        model = build_model(*args, **kwargs)
+        built.append((model, model.fusion_weights()))
+        return model
+
+    monkeypatch.setattr(emolib.models, "build_model", recording_build_model)
+    exp = Experiment(profile="test", model="fe2e", cache_dir=mosei["cache"], config="tiny", train=TRAIN,
                      frames={"face_size": 48}, results_root=mosei["results"])
     models = []
     (record,) = run_experiment(exp, seeds=[0], resume=False, model_hook=models.append)
@@ -81,6 +90,13 @@ def test_trainer_runs_fe2e_and_learns_fusion_weights(mosei) -> None:
     assert record["model"] == "fe2e" and set(record["metrics"]) >= {"dai-mosei"}
     weights = model.fusion_weights()
     assert set(weights) == {"text", "visual", "audio"} and all(np.isfinite(list(weights.values())))
+    assert len(built) == 1 and built[0][0] is model, "run_experiment builds the model through emolib.models"
+    initial = built[0][1]
+    assert set(initial) == set(weights)
+    # Adam at lr 1e-3 moves each scalar by about 1e-3 (measured: 1.0e-3 each); float32 rounding of these ~0.2
+    # values is ~1e-8, so 1e-4 separates training from noise.
+    moved = {k: abs(weights[k] - initial[k]) for k in weights}
+    assert all(d > 1e-4 for d in moved.values()), f"fusion weights did not train: {initial} -> {weights}"
     slow = 1 / 10.0
     assert model.lr_factors() == {"text_encoder": slow, "t_out": slow}
 

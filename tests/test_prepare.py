@@ -13,33 +13,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import TINY_PREPARE
 
 from emolib.data import get_adapter
 from emolib.data.cache import Cache, CacheError, CacheWriter
 from emolib.data.dataset import CachedDataset, FrameOptions, collate
-from emolib.data.labels import IEMOCAP_CLASSES, MOSEI_EMOTIONS, SIMS_TARGETS
+from emolib.labels import IEMOCAP_CLASSES, MOSEI_EMOTIONS, SIMS_TARGETS
 from emolib.data.prepare import PrepareParams, UtteranceSource, prepare_sources
-from emolib.data.release import synthesize_release
 from emolib.data.splits import random_split, read_split_dir
 
-PARAMS = PrepareParams(face_size=48, mtcnn_batch=16, device="cpu")
-
-
-@pytest.fixture(scope="session")
-def releases(tmp_path_factory) -> dict[str, Path]:
-    base = tmp_path_factory.mktemp("raw")
-    return {d: synthesize_release(d, base / d, seed=3, size="tiny") for d in ("iemocap", "mosei", "sims")}
-
-
-@pytest.fixture(scope="session")
-def caches(releases, tmp_path_factory) -> dict[str, Path]:
-    base = tmp_path_factory.mktemp("cache")
-    out = {}
-    for d, root in releases.items():
-        report = get_adapter(d).prepare(root, base / d, params=PARAMS, progress=False)
-        assert report.complete and not report.skipped, report.summary()
-        out[d] = base / d
-    return out
+# The parameters of conftest's tiny_caches: a cache prepared here with PARAMS equals the shared one.
+PARAMS = PrepareParams(**TINY_PREPARE)
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -47,9 +31,9 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("dataset", ["iemocap", "mosei", "sims"])
-def test_adapter_builds_cache_from_synthetic_release(dataset, releases, caches) -> None:
-    cache = Cache(caches[dataset])
-    truth = json.loads((releases[dataset] / "synthetic_manifest.json").read_text())
+def test_adapter_builds_cache_from_synthetic_release(dataset, tiny_releases, tiny_caches) -> None:
+    cache = Cache(tiny_caches[dataset])
+    truth = json.loads((tiny_releases[dataset] / "synthetic_manifest.json").read_text())
     prov = cache.provenance
     assert prov["dataset"] == dataset and prov["synthetic"] is True
     assert cache.display_name == f"synthetic-{dataset}"
@@ -74,11 +58,11 @@ def test_adapter_builds_cache_from_synthetic_release(dataset, releases, caches) 
             assert cache.meta(uid)["labels"] == [float(c == clips[uid]["label"]) for c in IEMOCAP_CLASSES]
 
 
-def test_iemocap_drops_other_labels_and_keeps_speaker_side(releases, caches) -> None:
-    cache = Cache(caches["iemocap"])
+def test_iemocap_drops_other_labels_and_keeps_speaker_side(tiny_releases, tiny_caches) -> None:
+    cache = Cache(tiny_caches["iemocap"])
     assert all(sum(cache.meta(u)["labels"]) == 1.0 for u in cache.uids())
     ev_labels = []
-    for ev in releases["iemocap"].glob("Session*/dialog/EmoEvaluation/*.txt"):
+    for ev in tiny_releases["iemocap"].glob("Session*/dialog/EmoEvaluation/*.txt"):
         ev_labels += [line.split("\t")[2] for line in ev.read_text().splitlines() if line.startswith("[")]
     n_six = sum(lab in IEMOCAP_CLASSES for lab in ev_labels)
     assert len(cache) == n_six < len(ev_labels), "non-6-class utterances must be dropped"
@@ -87,13 +71,13 @@ def test_iemocap_drops_other_labels_and_keeps_speaker_side(releases, caches) -> 
         side = cache.meta(uid)["side"]
         assert side == ("L" if uid.split("_")[0][-1] == uid.split("_")[-1][0] else "R")
     # the split used is written in Dai's format next to the cache, with its hash in the provenance
-    split = read_split_dir(caches["iemocap"] / "split")
+    split = read_split_dir(tiny_caches["iemocap"] / "split")
     assert split == {u: cache.meta(u)["split"] for u in cache.uids()}
     assert cache.provenance["split_hash"]
 
 
-def test_mosei_labels_are_aggregated_multi_hot(caches) -> None:
-    cache = Cache(caches["mosei"])
+def test_mosei_labels_are_aggregated_multi_hot(tiny_caches) -> None:
+    cache = Cache(tiny_caches["mosei"])
     labels = np.asarray([cache.meta(u)["labels"] for u in cache.uids()])
     assert set(np.unique(labels)) <= {0.0, 1.0}
     splits_by_video: dict[str, set] = {}
@@ -102,9 +86,9 @@ def test_mosei_labels_are_aggregated_multi_hot(caches) -> None:
     assert all(len(s) == 1 for s in splits_by_video.values()), "MOSEI folds are video-disjoint"
 
 
-def test_sims_keeps_unimodal_labels(releases, caches) -> None:
-    cache = Cache(caches["sims"])
-    rows = list(csv.DictReader(io.StringIO((releases["sims"] / "label.csv").read_text(encoding="utf-8"))))
+def test_sims_keeps_unimodal_labels(tiny_releases, tiny_caches) -> None:
+    cache = Cache(tiny_caches["sims"])
+    rows = list(csv.DictReader(io.StringIO((tiny_releases["sims"] / "label.csv").read_text(encoding="utf-8"))))
     by_id = {f"{r['video_id']}_{r['clip_id']}": r for r in rows}
     for u in cache.uids():
         r = by_id[u]
@@ -114,7 +98,7 @@ def test_sims_keeps_unimodal_labels(releases, caches) -> None:
     assert cache.task == "regression"
 
 
-def test_interrupted_prepare_resumes_to_identical_cache(releases, caches, tmp_path, monkeypatch) -> None:
+def test_interrupted_prepare_resumes_to_identical_cache(tiny_releases, tiny_caches, tmp_path, monkeypatch) -> None:
     adapter = get_adapter("iemocap")
     out = tmp_path / "resumed"
     calls = {"n": 0}
@@ -128,16 +112,16 @@ def test_interrupted_prepare_resumes_to_identical_cache(releases, caches, tmp_pa
 
     monkeypatch.setattr(CacheWriter, "write", dying_write)
     with pytest.raises(KeyboardInterrupt):
-        adapter.prepare(releases["iemocap"], out, params=PARAMS, progress=False)
+        adapter.prepare(tiny_releases["iemocap"], out, params=PARAMS, progress=False)
     assert not (out / "index.jsonl").exists()
     monkeypatch.setattr(CacheWriter, "write", original)
-    report = adapter.prepare(releases["iemocap"], out, params=PARAMS, progress=False)
+    report = adapter.prepare(tiny_releases["iemocap"], out, params=PARAMS, progress=False)
     assert report.n_resumed == 3 and report.complete
-    assert _files(out) == _files(caches["iemocap"]), "resumed cache must equal the uninterrupted one"
+    assert _files(out) == _files(tiny_caches["iemocap"]), "resumed cache must equal the uninterrupted one"
 
 
-def test_records_of_changed_sources_are_rebuilt(releases, tmp_path) -> None:
-    root = _sims_copy(releases, tmp_path)
+def test_records_of_changed_sources_are_rebuilt(tiny_releases, tmp_path) -> None:
+    root = _sims_copy(tiny_releases, tmp_path)
     clips = _clips(root)
     good = clips[3].read_bytes()
     clips[3].write_bytes(b"not a video")  # skipped on the first pass, repaired before the second
@@ -182,37 +166,37 @@ def test_source_key_ignores_location_but_not_content(tmp_path) -> None:
     assert moved.source_key(_FileHashes()) != key
 
 
-def test_shards_give_the_same_cache(releases, caches, tmp_path) -> None:
+def test_shards_give_the_same_cache(tiny_releases, tiny_caches, tmp_path) -> None:
     adapter = get_adapter("mosei")
     out = tmp_path / "sharded"
-    first = adapter.prepare(releases["mosei"], out, params=PARAMS, shard=(0, 2), progress=False)
+    first = adapter.prepare(tiny_releases["mosei"], out, params=PARAMS, shard=(0, 2), progress=False)
     assert not first.complete and not (out / "index.jsonl").exists()
-    second = adapter.prepare(releases["mosei"], out, params=PARAMS, shard=(1, 2), progress=False)
+    second = adapter.prepare(tiny_releases["mosei"], out, params=PARAMS, shard=(1, 2), progress=False)
     assert second.complete
-    assert _files(out) == _files(caches["mosei"])
+    assert _files(out) == _files(tiny_caches["mosei"])
 
 
-def test_changed_parameters_are_refused(releases, caches) -> None:
+def test_changed_parameters_are_refused(tiny_releases, tiny_caches) -> None:
     with pytest.raises(CacheError, match="different parameters"):
-        get_adapter("sims").prepare(releases["sims"], caches["sims"], params=PrepareParams(face_size=64),
+        get_adapter("sims").prepare(tiny_releases["sims"], tiny_caches["sims"], params=PrepareParams(face_size=64),
                                     progress=False)
 
 
-def test_verify_reports_missing_files(releases, tmp_path) -> None:
+def test_verify_reports_missing_files(tiny_releases, tmp_path) -> None:
     root = tmp_path / "broken"
-    shutil.copytree(releases["iemocap"], root)
+    shutil.copytree(tiny_releases["iemocap"], root)
     victim = next(root.glob("Session*/dialog/wav/*.wav"))
     victim.unlink()
     report = get_adapter("iemocap").verify(root)
     assert not report.ok and str(victim) in report.missing
-    assert get_adapter("iemocap").verify(releases["iemocap"]).ok
+    assert get_adapter("iemocap").verify(tiny_releases["iemocap"]).ok
 
 
 # --- bad input --------------------------------------------------------------------------------------------
 
-def _sims_copy(releases, tmp_path) -> Path:
+def _sims_copy(tiny_releases, tmp_path) -> Path:
     root = tmp_path / "sims"
-    shutil.copytree(releases["sims"], root)
+    shutil.copytree(tiny_releases["sims"], root)
     return root
 
 
@@ -220,8 +204,8 @@ def _clips(root: Path) -> list[Path]:
     return sorted((root / "Raw").glob("*/*.mp4"))
 
 
-def test_bad_media_is_skipped_and_reported(releases, tmp_path) -> None:
-    root = _sims_copy(releases, tmp_path)
+def test_bad_media_is_skipped_and_reported(tiny_releases, tmp_path) -> None:
+    root = _sims_copy(tiny_releases, tmp_path)
     clips = _clips(root)
     clips[0].write_bytes(b"not a video at all")  # corrupt
     data = clips[1].read_bytes()
@@ -297,9 +281,9 @@ def test_fallbacks_are_counted(tmp_path) -> None:
     assert cache.provenance["face_detection"]["utterances_without_face"] == 2
 
 
-def test_unparsable_label_line_is_reported(releases, tmp_path) -> None:
+def test_unparsable_label_line_is_reported(tiny_releases, tmp_path) -> None:
     root = tmp_path / "iemocap"
-    shutil.copytree(releases["iemocap"], root)
+    shutil.copytree(tiny_releases["iemocap"], root)
     ev = next(root.glob("Session*/dialog/EmoEvaluation/*.txt"))
     lines = ev.read_text().splitlines()
     bad = next(i for i, line in enumerate(lines) if line.startswith("["))
@@ -310,8 +294,8 @@ def test_unparsable_label_line_is_reported(releases, tmp_path) -> None:
     assert sources
 
 
-def test_non_utf8_transcript_is_replaced_and_flagged(releases, tmp_path) -> None:
-    root = _sims_copy(releases, tmp_path)
+def test_non_utf8_transcript_is_replaced_and_flagged(tiny_releases, tmp_path) -> None:
+    root = _sims_copy(tiny_releases, tmp_path)
     label = root / "label.csv"
     raw = label.read_bytes().splitlines(keepends=True)
     raw[1] = raw[1].replace(b",", b",\xff", 1) if b"\xff" not in raw[1] else raw[1]
@@ -322,8 +306,8 @@ def test_non_utf8_transcript_is_replaced_and_flagged(releases, tmp_path) -> None
 
 # --- own data and Dai's layout ------------------------------------------------------------------------------
 
-def test_own_data_csv(releases, tmp_path) -> None:
-    clips = _clips(releases["sims"])[:4]
+def test_own_data_csv(tiny_releases, tmp_path) -> None:
+    clips = _clips(tiny_releases["sims"])[:4]
     rows = ["id,video,text,label,split"]
     for i, clip in enumerate(clips):
         rows.append(f"u{i},{clip},sentence {i},{'happy' if i % 2 else 'sad;angry'},{['train', 'valid', 'test', 'train'][i]}")
@@ -335,13 +319,22 @@ def test_own_data_csv(releases, tmp_path) -> None:
     assert report.complete and len(cache) == 4
     assert cache.label_names == ["angry", "happy", "sad"]
     assert cache.meta("u0")["labels"] == [1.0, 0.0, 1.0]
+    # An own-data cache trains: its protocols come from the own-data adapter for the cache's task (a dataset
+    # name is never parsed for "iemocap"/"mosei"/"sims" any more).
+    from emolib.experiment import Experiment, run_experiment
+
+    exp = Experiment(profile="p", model="audio-only", cache_dir=tmp_path / "cache", config="tiny",
+                     train={"epochs": 1, "batch_size": 2, "progress": False}, results_root=tmp_path / "results")
+    (record,) = run_experiment(exp, [0], resume=False)
+    assert record["dataset_adapter"] == "own" and record["protocol"] == "dai-iemocap"
+    assert set(record["metrics"]) == {"dai-iemocap", "e2emal"} and record["class_names"] == ["angry", "happy", "sad"]
 
 
-def test_dai_processed_layout(releases, caches, tmp_path) -> None:
+def test_dai_processed_layout(tiny_releases, tiny_caches, tmp_path) -> None:
     """A miniature Dai IEMOCAP_RAW_PROCESSED tree (frames as JPEG, side wavs, meta.pkl, split files)."""
     from PIL import Image
 
-    cache = Cache(caches["iemocap"])
+    cache = Cache(tiny_caches["iemocap"])
     root = tmp_path / "dai"
     meta, split = {}, {}
     for uid in cache.uids()[:3]:
@@ -379,8 +372,8 @@ def meta_labels(label: str) -> list[float]:
 
 # --- dataset and collate ------------------------------------------------------------------------------------
 
-def test_dataset_and_collate_follow_the_batch_contract(caches) -> None:
-    ds = CachedDataset(caches["mosei"], "train", frames=FrameOptions(face_size=32, max_frames=3))
+def test_dataset_and_collate_follow_the_batch_contract(tiny_caches) -> None:
+    ds = CachedDataset(tiny_caches["mosei"], "train", frames=FrameOptions(face_size=32, max_frames=3))
     batch = collate([ds[0], ds[1]])
     assert batch["faces"].dtype == torch.uint8 and batch["faces"].shape[1:] == (3, 32, 32)
     assert batch["faces"].shape[0] == int(batch["face_lengths"].sum()) and batch["face_lengths"].max() <= 3
@@ -407,13 +400,13 @@ def test_random_split_proportions_and_seed() -> None:
     assert counts == {"train": 140, "valid": 20, "test": 40}
 
 
-def test_run_experiment_is_reproducible_across_prior_random_state(caches, tmp_path) -> None:
+def test_run_experiment_is_reproducible_across_prior_random_state(tiny_caches, tmp_path) -> None:
     """Same seed, same record, whatever the global RNG did before (model init is seeded too)."""
     from emolib.experiment import Experiment, run_experiment
 
     def once(noise: int) -> dict:
         torch.rand(noise)  # move the global RNG like unrelated earlier work would
-        exp = Experiment(profile="p", model="audio-only", cache_dir=caches["iemocap"], size="tiny",
+        exp = Experiment(profile="p", model="audio-only", cache_dir=tiny_caches["iemocap"], config="tiny",
                          train={"epochs": 1, "batch_size": 2, "lr": 1e-3, "progress": False},
                          results_root=tmp_path / str(noise))
         return run_experiment(exp, [0], resume=False)[0]

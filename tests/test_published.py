@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from emolib import registry
-from emolib.data.labels import IEMOCAP_CLASSES, MOSEI_EMOTIONS
+from emolib.labels import IEMOCAP_CLASSES, MOSEI_EMOTIONS
 from emolib.metrics import get_protocol
 
 PUBLISHED = Path(__file__).resolve().parents[1] / "results" / "published"

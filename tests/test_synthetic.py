@@ -6,22 +6,19 @@ from __future__ import annotations
 import hashlib
 import json
 import wave
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import TINY_SEED
 
 from emolib.data import formats as F
 from emolib.data import synthetic as S
-from emolib.data.labels import IEMOCAP_CLASSES, MOSEI_EMOTIONS
+from emolib.labels import IEMOCAP_CLASSES, MOSEI_EMOTIONS
 
-SEED = 7
-
-
-@pytest.fixture(scope="module")
-def releases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    base = tmp_path_factory.mktemp("synth")
-    return {ds: S.synthesize(ds, base / ds, seed=SEED, size="tiny", progress=False) for ds in S.DATASETS}
+SEED = TINY_SEED  # the tests read conftest's tiny_releases: synthesize_release(ds, seed=SEED, size="tiny")
+Releases = Mapping[str, Path]  # dataset -> release root
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +48,8 @@ def decode_frames(path: Path, count: int) -> list[np.ndarray]:
 # ---------------------------------------------------------------------------------------------- layout
 
 
-def test_iemocap_layout(releases: dict[str, Path], plans: dict[str, S.ReleasePlan]) -> None:
-    root = releases["iemocap"]
+def test_iemocap_layout(tiny_releases: Releases, plans: dict[str, S.ReleasePlan]) -> None:
+    root = tiny_releases["iemocap"]
     expected = {S.MANIFEST_NAME}
     for dialog in ("Ses01F_impro01", "Ses01M_impro01"):
         expected |= {f"Session1/dialog/{sub}/{dialog}.{ext}" for sub, ext in
@@ -62,25 +59,27 @@ def test_iemocap_layout(releases: dict[str, Path], plans: dict[str, S.ReleasePla
     assert len(labels) == 10 and set(IEMOCAP_CLASSES) <= set(labels) and "xxx" in labels
 
 
-def test_mosei_and_sims_layout(releases: dict[str, Path], plans: dict[str, S.ReleasePlan]) -> None:
+def test_mosei_and_sims_layout(tiny_releases: Releases, plans: dict[str, S.ReleasePlan]) -> None:
     vids = [v.name for v in plans["mosei"].videos]
     expected = {S.MANIFEST_NAME, "Labels/Batch_3171000_batch_results.csv", "Labels/Batch_3171017_batch_results.csv"}
     for vid in vids:
         expected |= {f"Videos/Full/Combined/{vid}.mp4", f"Audio/WAV_16000/{vid}.wav", f"Transcript/Combined/{vid}.txt"}
-    assert rel_files(releases["mosei"]) == expected
-    assert rel_files(releases["sims"]) == {S.MANIFEST_NAME, "label.csv"} | {
+    # The generator's own files; synthesize_release adds the fold file that a real copy takes from the SDK.
+    assert set(S.read_manifest(tiny_releases["mosei"])["files"]) == expected - {S.MANIFEST_NAME}
+    assert rel_files(tiny_releases["mosei"]) == expected | {"folds.json"}
+    assert rel_files(tiny_releases["sims"]) == {S.MANIFEST_NAME, "label.csv"} | {
         f"Raw/video_000{v}/000{c}.mp4" for v in (1, 2) for c in (1, 2, 3)}
     assert {c.split for c in plans["sims"].clips} == {"train", "valid", "test"}
 
 
-def test_video_containers(releases: dict[str, Path]) -> None:
+def test_video_containers(tiny_releases: Releases) -> None:
     import av
 
-    with av.open(str(releases["iemocap"] / "Session1/dialog/avi/DivX/Ses01F_impro01.avi")) as c:
+    with av.open(str(tiny_releases["iemocap"] / "Session1/dialog/avi/DivX/Ses01F_impro01.avi")) as c:
         v = c.streams.video[0]
         assert (v.codec_context.name, v.codec_context.codec_tag, v.width, v.height) == ("mpeg4", "DIVX", 640, 240)
         assert v.average_rate == S.SYNTH_DESIGN["iemocap"]["fps"]
-    mp4 = next((releases["sims"] / "Raw").rglob("*.mp4"))
+    mp4 = next((tiny_releases["sims"] / "Raw").rglob("*.mp4"))
     with av.open(str(mp4)) as c:
         assert [s.type for s in c.streams] == ["video", "audio"]
         assert c.streams.video[0].codec_context.name == "h264" and c.streams.audio[0].sample_rate == 16000
@@ -88,25 +87,25 @@ def test_video_containers(releases: dict[str, Path]) -> None:
     assert np.sqrt(np.mean(audio**2)) > 0.01  # the track carries the voice
 
 
-def test_manifest_records_truth_and_checksums(releases: dict[str, Path], plans: dict[str, S.ReleasePlan]) -> None:
-    manifest = S.read_manifest(releases["mosei"])
+def test_manifest_records_truth_and_checksums(tiny_releases: Releases, plans: dict[str, S.ReleasePlan]) -> None:
+    manifest = S.read_manifest(tiny_releases["mosei"])
     assert manifest["complete"] and manifest["seed"] == SEED and manifest["size"] == "tiny"
     assert [c["uid"] for c in manifest["clips"]] == [c.uid for c in plans["mosei"].clips]
     assert manifest["design"]["cues"]["visual"]["informative"] == S.informative_probability("mosei", "visual")
     for rel, digest in manifest["sha256"].items():
-        assert hashlib.sha256((releases["mosei"] / rel).read_bytes()).hexdigest() == digest
+        assert hashlib.sha256((tiny_releases["mosei"] / rel).read_bytes()).hexdigest() == digest
 
 
 # ---------------------------------------------------------------------------------------------- determinism
 
 
-def test_same_seed_gives_identical_label_text_and_wav_files(tmp_path: Path, releases: dict[str, Path]) -> None:
+def test_same_seed_gives_identical_label_text_and_wav_files(tmp_path: Path, tiny_releases: Releases) -> None:
     for ds in S.DATASETS:
         again = S.synthesize(ds, tmp_path / ds, seed=SEED, size="tiny", progress=False)
         files = sorted(f for f in rel_files(again) if f.endswith((".txt", ".csv", ".wav")))
         assert files
         for rel in files:
-            assert (again / rel).read_bytes() == (releases[ds] / rel).read_bytes(), rel
+            assert (again / rel).read_bytes() == (tiny_releases[ds] / rel).read_bytes(), rel
     other = S.plan_release("iemocap", seed=SEED + 1, size="tiny")
     assert [c.text for c in other.clips] != [c.text for c in S.plan_release("iemocap", seed=SEED, size="tiny").clips]
 
@@ -138,8 +137,8 @@ def test_refuses_foreign_root(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------- ground truth
 
 
-def test_iemocap_files_parse_back_to_the_plan(releases: dict[str, Path], plans: dict[str, S.ReleasePlan]) -> None:
-    root = releases["iemocap"]
+def test_iemocap_files_parse_back_to_the_plan(tiny_releases: Releases, plans: dict[str, S.ReleasePlan]) -> None:
+    root = tiny_releases["iemocap"]
     evals, turns = [], []
     for video in plans["iemocap"].videos:
         evals += F.parse_iemocap_evaluation(root / f"Session1/dialog/EmoEvaluation/{video.name}.txt")
@@ -161,9 +160,9 @@ def test_iemocap_speaker_side_follows_dais_rule(plans: dict[str, S.ReleasePlan])
             assert video.actors[clip.slot].gender == clip.uid.split("_")[-1][0]
 
 
-def test_iemocap_audio_voices_the_speaker_channel(releases: dict[str, Path], plans: dict[str, S.ReleasePlan]) -> None:
+def test_iemocap_audio_voices_the_speaker_channel(tiny_releases: Releases, plans: dict[str, S.ReleasePlan]) -> None:
     for video in plans["iemocap"].videos:
-        sr, audio = read_wav(releases["iemocap"] / f"Session1/dialog/wav/{video.name}.wav")
+        sr, audio = read_wav(tiny_releases["iemocap"] / f"Session1/dialog/wav/{video.name}.wav")
         assert sr == 16000 and audio.shape[0] == 2
         assert audio.shape[1] == round(video.duration * sr)
         for clip in video.clips:
@@ -174,8 +173,8 @@ def test_iemocap_audio_voices_the_speaker_channel(releases: dict[str, Path], pla
             assert rms[speaker] > 2.5 * rms[1 - speaker], (clip.uid, rms)
 
 
-def test_mosei_files_parse_back_to_the_plan(releases: dict[str, Path], plans: dict[str, S.ReleasePlan]) -> None:
-    root = releases["mosei"]
+def test_mosei_files_parse_back_to_the_plan(tiny_releases: Releases, plans: dict[str, S.ReleasePlan]) -> None:
+    root = tiny_releases["mosei"]
     rows = F.parse_mosei_labels(root / "Labels")
     truth = {c.uid: c for c in plans["mosei"].clips}
     assert F.aggregate_mosei_labels(rows) == {uid: c.label for uid, c in truth.items()}
@@ -189,8 +188,8 @@ def test_mosei_files_parse_back_to_the_plan(releases: dict[str, Path], plans: di
         assert sr == 16000 and audio.shape[0] == 1
 
 
-def test_sims_label_csv_parses_back_to_the_plan(releases: dict[str, Path], plans: dict[str, S.ReleasePlan]) -> None:
-    rows = F.parse_sims_labels(releases["sims"] / "label.csv")
+def test_sims_label_csv_parses_back_to_the_plan(tiny_releases: Releases, plans: dict[str, S.ReleasePlan]) -> None:
+    rows = F.parse_sims_labels(tiny_releases["sims"] / "label.csv")
     assert [(r.uid, r.text, r.mode) for r in rows] == [(c.uid, c.text, c.split) for c in plans["sims"].clips]
     for row, clip in zip(rows, plans["sims"].clips):
         assert (row.label, row.label_T, row.label_A, row.label_V) == tuple(clip.label[k] for k in "MTAV")
@@ -207,7 +206,7 @@ def test_sims_hanzi_script(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------- cues
 
 
-def detection_rate(releases: dict[str, Path], per_video: int, sims_clips: int) -> tuple[float, int]:
+def detection_rate(releases: Releases, per_video: int, sims_clips: int) -> tuple[float, int]:
     """Share of sampled frames (IEMOCAP: each half) where MTCNN finds a face with probability > 0.7."""
     import torch
     from facenet_pytorch import MTCNN
@@ -225,15 +224,15 @@ def detection_rate(releases: dict[str, Path], per_video: int, sims_clips: int) -
     return float(np.mean(found)), len(found)
 
 
-def test_faces_are_detected_by_mtcnn(releases: dict[str, Path]) -> None:
-    rate, count = detection_rate(releases, per_video=3, sims_clips=4)
+def test_faces_are_detected_by_mtcnn(tiny_releases: Releases) -> None:
+    rate, count = detection_rate(tiny_releases, per_video=3, sims_clips=4)
     assert count == 2 * 3 * 2 + 2 * 3 + 4 * 3
     assert rate >= 0.95
 
 
 @pytest.mark.slow
-def test_faces_are_detected_by_mtcnn_dense(releases: dict[str, Path]) -> None:
-    rate, count = detection_rate(releases, per_video=12, sims_clips=6)
+def test_faces_are_detected_by_mtcnn_dense(tiny_releases: Releases) -> None:
+    rate, count = detection_rate(tiny_releases, per_video=12, sims_clips=6)
     assert count == 2 * 12 * 2 + 2 * 12 + 6 * 12
     assert rate >= 0.95
 

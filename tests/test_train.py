@@ -354,7 +354,7 @@ def test_regression_task_with_l1(tmp_path):
 
     sims = Sims(64, 1), Sims(32, 2), Sims(32, 3)
     seed_everything(0)
-    config = TrainConfig(epochs=2, batch_size=16, lr=1e-2, device="cpu", progress=False)
+    config = TrainConfig(epochs=2, batch_size=16, lr=1e-2, device="cpu", progress=False, eval_protocols=["sims"])
     rec = fit(Head(), build_loss("l1", train_labels=sims[0].labels()), *sims, config=config,
               class_names=("M", "T", "A", "V"), dataset_name="synthetic-sims", run_dir=tmp_path, record_path=None,
               collate_fn=collate, run_info={"model": "tiny", "profile": "test"})

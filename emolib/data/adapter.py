@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from emolib.data.prepare import PrepareParams, PrepareReport, UtteranceSource, prepare_sources
 
@@ -30,6 +30,19 @@ def get_adapter(name: str) -> "Adapter":
     from emolib.registry import get
 
     return get("dataset", name)()
+
+
+class ProtocolUse(NamedTuple):
+    """A metric protocol that applies to a dataset, and the role it plays there (shown in tables and records)."""
+
+    protocol: str
+    role: str
+
+
+def dataset_protocols(dataset: str, task: str | None = None) -> tuple[ProtocolUse, ...]:
+    """The protocols a registered dataset declares (primary first); ``task`` matters for own data only."""
+    adapter = get_adapter(dataset)
+    return adapter.protocols_for(task or adapter.task)
 
 
 @dataclass
@@ -59,14 +72,39 @@ class VerifyReport:
 
 
 class Adapter:
-    """Base class; subclasses set the class attributes and implement ``sources`` and ``verify``."""
+    """Base class; subclasses set the class attributes and implement ``sources`` and ``verify``.
+
+    The class attributes are the one place where a dataset's facts are stated: its ``title`` (as the papers'
+    tables name it), ``task``, ``label_names`` (in the order of the model outputs) and ``protocols`` (the metric
+    protocols that apply, the primary one first, each with its role). Metrics, tables, experiments and
+    ``predict`` read them from here (``emolib.registry`` lists them too).
+    """
 
     name: ClassVar[str]
+    title: ClassVar[str]
     task: ClassVar[str] = "multilabel"
     label_names: ClassVar[tuple[str, ...]]
-    primary_protocol: ClassVar[str]
+    protocols: ClassVar[tuple[ProtocolUse, ...]]
     download_manifest: ClassVar[list[dict[str, Any]] | None] = None
     download_help: ClassVar[str] = ""
+
+    @classmethod
+    def registry_meta(cls) -> dict[str, Any]:
+        """What ``emolib list`` shows for the dataset, derived from the class attributes above."""
+        meta: dict[str, Any] = {"task": cls.task, "protocols": ",".join(p.protocol for p in cls.protocols)}
+        if getattr(cls, "label_names", ()):
+            meta["classes"] = ",".join(cls.label_names)
+        return meta
+
+    def protocols_for(self, task: str) -> tuple[ProtocolUse, ...]:
+        """The protocols for this dataset's caches of ``task`` (fixed per dataset except for own data)."""
+        if task != self.task:
+            raise ValueError(f"dataset {self.name!r} is a {self.task} dataset, not {task}")
+        return self.protocols
+
+    @property
+    def primary_protocol(self) -> str:
+        return self.protocols_for(self.task)[0].protocol
 
     def download(self, root: str | Path, *, extract_archives: bool = True, **kwargs: Any) -> Path:
         """Fetch the public release into ``root`` (resumable, SHA-256 checked) and unpack its archives safely."""

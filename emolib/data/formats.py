@@ -37,7 +37,7 @@ import re
 from pathlib import Path
 from typing import Iterable, NamedTuple, Sequence
 
-from emolib.data.labels import IEMOCAP_CLASSES, IEMOCAP_OTHER, MOSEI_EMOTIONS, SPLITS
+from emolib.labels import IEMOCAP_CLASSES, IEMOCAP_OTHER, MOSEI_EMOTIONS, SPLITS
 
 PathLike = str | os.PathLike
 

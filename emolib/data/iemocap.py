@@ -26,7 +26,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from emolib.data.adapter import Adapter, VerifyReport, is_synthetic, problem_dicts
+from emolib.data.adapter import Adapter, ProtocolUse, VerifyReport, is_synthetic, problem_dicts
 from emolib.data.formats import (
     LineProblem,
     iemocap_dialog,
@@ -34,7 +34,7 @@ from emolib.data.formats import (
     parse_iemocap_evaluation,
     parse_iemocap_transcription,
 )
-from emolib.data.labels import IEMOCAP_CLASSES
+from emolib.labels import IEMOCAP_CLASSES
 from emolib.data.prepare import UtteranceSource
 from emolib.data.splits import random_split, read_split_dir, write_split_dir
 from emolib.registry import register
@@ -51,11 +51,15 @@ def _one_hot(label: str) -> list[float]:
 
 
 @register("dataset", "iemocap", summary="IEMOCAP 6-class (ang exc fru hap neu sad): original release or Dai's layout",
-          classes=",".join(IEMOCAP_CLASSES), protocol="dai-iemocap", download="gated (bring your own copy)")
+          download="gated (bring your own copy)")
 class IemocapAdapter(Adapter):
     name = "iemocap"
+    title = "IEMOCAP"
     label_names = IEMOCAP_CLASSES
-    primary_protocol = "dai-iemocap"
+    protocols = (
+        ProtocolUse("dai-iemocap", "primary: the protocol of Dai et al.'s IEMOCAP table (plain accuracy + binary F1)"),
+        ProtocolUse("e2emal", "E2EMAL's metric definitions (0.5 threshold, wA, weighted F1); E2EMAL did not use IEMOCAP"),
+    )
     download_help = ("IEMOCAP is gated: request it from USC SAIL (https://sail.usc.edu/iemocap/), then point "
                      "prepare/verify at the folder holding Session1..Session5.")
 

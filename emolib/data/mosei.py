@@ -30,9 +30,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from emolib.data.adapter import Adapter, VerifyReport, is_synthetic, problem_dicts
+from emolib.data.adapter import Adapter, ProtocolUse, VerifyReport, is_synthetic, problem_dicts
 from emolib.data.formats import LineProblem, aggregate_mosei_labels, parse_mosei_labels, parse_mosei_transcript
-from emolib.data.labels import MOSEI_EMOTIONS
+from emolib.labels import MOSEI_EMOTIONS
 from emolib.data.prepare import UtteranceSource
 from emolib.data.splits import mosei_sdk_folds, read_mosei_folds, read_split_dir, write_split_dir
 from emolib.registry import register
@@ -44,11 +44,17 @@ _IMAGE = re.compile(r"^image_(?P<i>\d+)\.jpg$")
 
 
 @register("dataset", "mosei", summary="CMU-MOSEI 6 emotions, multi-label (Dai's order): raw release or Dai's layout",
-          classes=",".join(MOSEI_EMOTIONS), protocol="dai-mosei", download="public zip (host availability varies)")
+          download="public zip (host availability varies)")
 class MoseiAdapter(Adapter):
     name = "mosei"
+    title = "CMU-MOSEI"
     label_names = MOSEI_EMOTIONS
-    primary_protocol = "dai-mosei"
+    protocols = (
+        ProtocolUse("dai-mosei", "primary: the protocol of Dai et al.'s MOSEI table (weighted accuracy + binary F1)"),
+        ProtocolUse("dai-iemocap", "code variant: plain accuracy, as Dai's HEAD code and khanhnd185's code compute it "
+                                   "on MOSEI"),
+        ProtocolUse("e2emal", "E2EMAL's CMU-MOSEI protocol (0.5 threshold, wA, weighted 2-class F1)"),
+    )
     # The CMU server has been down at times; the archive's hash is not published, so it is recorded on first
     # download (trust on first use) rather than verified.
     download_manifest = [{"name": "CMU_MOSEI.zip",

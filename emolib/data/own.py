@@ -22,10 +22,10 @@ import csv
 import glob
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from emolib.data.adapter import Adapter, VerifyReport
-from emolib.data.labels import SPLITS
+from emolib.data.adapter import Adapter, ProtocolUse, VerifyReport
+from emolib.labels import SPLITS
 from emolib.data.prepare import UtteranceSource
 from emolib.data.splits import random_split
 from emolib.registry import register
@@ -38,11 +38,26 @@ REQUIRED = ("id", "text", "label")
           layout="CSV: id, video, audio, images, start, end, text, label, split, speaker")
 class OwnDataAdapter(Adapter):
     name = "own"
-    primary_protocol = "dai-iemocap"
+    title = "own data"
+    # The task is chosen per CSV (``task=``); the protocols follow from it.
+    TASK_PROTOCOLS: ClassVar[dict[str, tuple[ProtocolUse, ...]]] = {
+        "multilabel": (
+            ProtocolUse("dai-iemocap", "primary: valid-tuned threshold per class, plain accuracy + binary F1"),
+            ProtocolUse("e2emal", "fixed 0.5 threshold, weighted accuracy + weighted 2-class F1"),
+        ),
+        "regression": (ProtocolUse("sims", "primary: CH-SIMS-style regression metrics on the first label column "
+                                           "(values clipped to [-1, 1])"),),
+    }
+    protocols = TASK_PROTOCOLS["multilabel"]
     download_help = "Own data is never downloaded: list your files in a CSV (see emolib.data.own)."
 
     def __init__(self) -> None:
         self.label_names: tuple[str, ...] = ()
+
+    def protocols_for(self, task: str) -> tuple[ProtocolUse, ...]:
+        if task not in self.TASK_PROTOCOLS:
+            raise ValueError(f"own data: task must be one of {sorted(self.TASK_PROTOCOLS)}, got {task!r}")
+        return self.TASK_PROTOCOLS[task]
 
     def _rows(self, csv_path: Path) -> list[tuple[int, dict[str, str]]]:
         if not csv_path.is_file():
@@ -75,8 +90,7 @@ class OwnDataAdapter(Adapter):
         csv_path = Path(root)
         base = csv_path.parent
         rows = self._rows(csv_path)
-        if task not in ("multilabel", "regression"):
-            raise ValueError(f"own data: task must be 'multilabel' or 'regression', got {task!r}")
+        self.protocols_for(task)  # validates the task
         self.task = task  # type: ignore[misc]
         problems: list[dict[str, Any]] = []
         parsed: list[tuple[int, dict[str, str], list[str]]] = []

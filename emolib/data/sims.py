@@ -15,9 +15,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from emolib.data.adapter import Adapter, VerifyReport, is_synthetic, problem_dicts
+from emolib.data.adapter import Adapter, ProtocolUse, VerifyReport, is_synthetic, problem_dicts
 from emolib.data.formats import LineProblem, parse_sims_labels
-from emolib.data.labels import SIMS_TARGETS
+from emolib.labels import SIMS_TARGETS
 from emolib.data.prepare import UtteranceSource
 from emolib.registry import register
 
@@ -25,12 +25,13 @@ FULL_RELEASE = {"clips": 2281}
 
 
 @register("dataset", "sims", summary="CH-SIMS sentiment regression with M/T/A/V labels (MMSA layout)",
-          targets=",".join(SIMS_TARGETS), protocol="sims", download="by request (MMSA README links)")
+          download="by request (MMSA README links)")
 class SimsAdapter(Adapter):
     name = "sims"
+    title = "CH-SIMS"
     task = "regression"
     label_names = SIMS_TARGETS
-    primary_protocol = "sims"
+    protocols = (ProtocolUse("sims", "primary: MMSA / khanhnd185 CH-SIMS regression metrics on the M label"),)
     download_help = ("CH-SIMS is distributed by the MMSA authors through cloud-drive links in the thuiar/MMSA "
                      "README; put label.csv and Raw/ under one folder.")
 

@@ -19,7 +19,7 @@ import random
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from emolib.data.labels import SPLITS
+from emolib.labels import SPLITS
 from emolib.io import write_text
 
 SPLIT_FILES = {s: f"{s}_split.txt" for s in SPLITS}

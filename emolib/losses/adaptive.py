@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from emolib.data.labels import MOSEI_EMOTIONS, MOSEI_EMOTIONS_SDK
+from emolib.labels import MOSEI_EMOTIONS, MOSEI_EMOTIONS_SDK
 from emolib.losses.bce import _head, as_label_matrix, positive_weights
 from emolib.registry import register
 

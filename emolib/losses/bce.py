@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from emolib.data.labels import SIMS_TARGETS
+from emolib.labels import SIMS_TARGETS
 from emolib.registry import register
 
 log = logging.getLogger(__name__)

@@ -35,19 +35,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from emolib.data.labels import SIMS_TARGETS
+from emolib.labels import SIMS_TARGETS
 from emolib.losses.bce import as_label_matrix, positive_weights
 from emolib.registry import register
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 TASKS: tuple[str, ...] = ("audio", "text", "visual", "fusion")
 BASES = ("auto", "bce", "l1")
@@ -56,7 +52,7 @@ OWN_TARGET = {"fusion": "M", "text": "T", "audio": "A", "visual": "V"}
 PHI = 1.0
 
 
-def _parse_sims_labels(value: str) -> str:
+def parse_sims_labels(value: str) -> str:
     letters = sorted(x.strip().upper() for x in value.split(",") if x.strip())
     if letters == ["M"]:
         return "M"
@@ -111,7 +107,7 @@ class MultiTaskLoss(nn.Module):
                 raise ValueError("sims_labels applies to CH-SIMS regression labels only")
             return {task: None for task in self.tasks}
         per_head = set(SIMS_TARGETS) <= set(self.target_names)
-        mode = _parse_sims_labels(sims_labels) if sims_labels is not None else ("M,A,T,V" if per_head else "M")
+        mode = parse_sims_labels(sims_labels) if sims_labels is not None else ("M,A,T,V" if per_head else "M")
         if mode == "M,A,T,V" and not per_head:
             raise ValueError(f"sims_labels='M,A,T,V' needs label columns {SIMS_TARGETS}, got {self.target_names}")
         if mode == "M":
@@ -307,47 +303,3 @@ class DruwTaskLoss(_DwaMixin, _SigmaMixin):
     def task_weights(self) -> dict[str, float]:
         weights = self.dwa_weights() + self.uncertainty_weights().detach()
         return dict(zip(self.tasks, weights.tolist()))
-
-
-def multitask_loss_params(loss: str, *, task: str, fused_head: bool = True, temperature: float = 10.0,
-                          freeze_sigma: bool = False, sims_labels: str | None = None) -> dict[str, object]:
-    """Constructor parameters of multitask loss ``loss`` for a dataset ``task`` ("multilabel" or "regression").
-
-    Only the parameters that loss takes are returned: ``temperature`` for dwa/druw, ``freeze_sigma`` for
-    rruw/druw, ``sims_labels`` for regression, ``tasks`` without "fusion" when the model has no fused head.
-    """
-    if loss not in ("mean", "dwa", "rruw", "druw"):
-        raise ValueError(f"{loss!r} is not a multitask loss (mean, dwa, rruw, druw)")
-    if task not in ("multilabel", "regression"):
-        raise ValueError(f"task must be 'multilabel' or 'regression', got {task!r}")
-    params: dict[str, object] = {}
-    if not fused_head:
-        params["tasks"] = [t for t in TASKS if t != "fusion"]
-    if loss in ("dwa", "druw"):
-        params["temperature"] = float(temperature)
-    if loss in ("rruw", "druw"):
-        params["freeze_sigma"] = bool(freeze_sigma)
-    if task == "regression" and sims_labels:
-        params["sims_labels"] = _parse_sims_labels(sims_labels)
-    return params
-
-
-def task_weight_curves(records: Sequence[Mapping], part: str = "weight") -> pd.DataFrame:
-    """Per-epoch task weights of run records as a long DataFrame with columns run, seed, epoch, task, <part>.
-
-    Reads ``curves["train_parts"]["<part>_<task>"]`` (training-epoch averages the trainer records); ``part`` is
-    ``"weight"`` (effective weight of each task loss), ``"dwa"``, ``"sigma"`` or ``"loss"``.
-    """
-    import pandas as pd
-
-    prefix = f"{part}_"
-    rows = []
-    for rec in records:
-        run = rec["model"] + ("" if rec.get("variant") in (None, "", "default") else f"-{rec['variant']}")
-        for key, values in rec["curves"]["train_parts"].items():
-            if not key.startswith(prefix) or key[len(prefix):] not in TASKS:
-                continue
-            for epoch, value in zip(rec["curves"]["epoch"], values):
-                rows.append({"run": run, "seed": rec["seed"], "epoch": epoch, "task": key[len(prefix):],
-                             part: value})
-    return pd.DataFrame(rows, columns=["run", "seed", "epoch", "task", part])

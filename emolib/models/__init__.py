@@ -1,61 +1,47 @@
 """Models of the package and ``build_model``, the one way to construct a registered model.
 
-Importing this package registers every model (``emolib.registry``). Each registry entry carries its named
-configurations in ``meta["configs"]`` (as timm's default cfgs travel with its models), so
+Importing this package registers every model (``emolib.registry``). Each model class carries its configuration
+dataclass (``config_class``, defaults = the paper's values) and its named configurations (``configs``, as timm's
+default cfgs travel with its models), so
 
-    build_model("visual-only", config="tiny", num_outputs=6, d=16)
+    build_model("visual-only", "tiny", num_outputs=6, d=16)
 
-starts from the model's ``tiny`` configuration and applies the keyword overrides. A dict ``config`` is taken as
-a partial configuration over the constructor defaults, which are the paper values.
+starts from the model's ``tiny`` configuration and applies the keyword overrides. A dict is a partial
+configuration over the paper defaults; a configuration dataclass is taken as it is. ``model.config`` is the
+resolved configuration, which checkpoints and run records store.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
 
-from emolib.models import e2emal, emombt, fe2e, fv2es, unimodal, vggish  # noqa: F401  (registration)
+from emolib.models import e2emal, emombt, fe2e, fv2es  # noqa: F401  (each registers its models)
 from emolib.models.blocks import EmotionModel
+from emolib.models.config import ModelConfig
 from emolib.models.text import MissingWeightsError, TextEncoder
 from emolib.registry import REGISTRY
 
-__all__ = ["EmotionModel", "MissingWeightsError", "TextEncoder", "build_model", "model_config"]
+__all__ = ["EmotionModel", "MissingWeightsError", "ModelConfig", "TextEncoder", "build_model", "model_class",
+           "model_config"]
 
 
-def model_config(name: str, config: str | Mapping[str, Any] = "tiny", **overrides: Any) -> dict[str, Any]:
-    """The keyword arguments ``build_model`` passes to model ``name`` (without ``num_outputs``)."""
-    entry = REGISTRY.entry("model", name)
-    if isinstance(config, str):
-        configs = entry.meta.get("configs", {})
-        if config not in configs:
-            raise KeyError(f"model {name!r} has no config {config!r}; it has {sorted(configs) or 'none'}")
-        cfg = dict(configs[config])
-    elif isinstance(config, Mapping):
-        cfg = dict(config)
-    else:
-        raise TypeError(f"config must be a config name or a dict, got {type(config).__name__}")
-    cfg.update(overrides)
-    _check_keys(name, entry.obj, cfg)
-    return cfg
+def model_class(name: str) -> type[EmotionModel]:
+    return REGISTRY.get("model", name)
 
 
-def _check_keys(name: str, cls: type, cfg: Mapping[str, Any]) -> None:
-    params = inspect.signature(cls).parameters
-    allowed = {k for k, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
-    allowed.discard("num_outputs")
-    unknown = sorted(set(cfg) - allowed)
-    if unknown:
-        raise TypeError(f"model {name!r} does not take {unknown}; it takes {sorted(allowed)}")
+def model_config(name: str, config: str | Mapping[str, Any] | ModelConfig | None = "tiny",
+                 **overrides: Any) -> ModelConfig:
+    """The resolved configuration dataclass of model ``name`` (what ``build_model`` builds from)."""
+    return model_class(name).resolve_config(config, **overrides)
 
 
-def build_model(
-    name: str, config: str | Mapping[str, Any] = "tiny", *, num_outputs: int, **overrides: Any
-) -> nn.Module:
-    """Construct registered model ``name`` with ``num_outputs`` outputs from a named or dict configuration."""
+def build_model(name: str, config: str | Mapping[str, Any] | ModelConfig | None = "tiny", *, num_outputs: int,
+                **kwargs: Any) -> nn.Module:
+    """Construct registered model ``name`` with ``num_outputs`` outputs from a named, dict or dataclass
+    configuration; ``kwargs`` are configuration overrides (or a ready-made module such as ``text_encoder``)."""
     if num_outputs < 1:
         raise ValueError(f"num_outputs must be >= 1, got {num_outputs}")
-    cfg = model_config(name, config, **overrides)
-    return REGISTRY.get("model", name)(num_outputs=num_outputs, **cfg)
+    return model_class(name)(num_outputs, config, **kwargs)

@@ -19,14 +19,15 @@ contract: all items of utterance 0, then utterance 1, and so on.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-PAPER_VGG_WIDTHS: tuple[int, ...] = (64, 64, 64, 128, 256, 512)
+from emolib.models.config import PAPER_VGG_WIDTHS, ModelConfig, SequenceConfig, TransformerConfig, check_text_lr_factor
+
 DAI_FACE_MEAN: tuple[float, float, float] = (159.0, 111.0, 102.0)
 DAI_FACE_STD: tuple[float, float, float] = (37.0, 33.0, 32.0)
 FACE_SIZE = 48
@@ -212,6 +213,8 @@ class FaceNormalize(nn.Module):
         self.size = size
         self.resize_mode = resize_mode
 
+    keeps_lengths = True  # one normalised face per input face (see SequenceBranch)
+
     def resize(self, faces: Tensor) -> Tensor:
         """float (N, 3, H, W) on the 0..255 scale -> (N, 3, size, size)."""
         if faces.shape[-2:] == (self.size, self.size):
@@ -345,78 +348,138 @@ class WeightedLateFusion(nn.Module):
         return self.weights(stacked).squeeze(-1)
 
 
-class VisualBranch(nn.Module):
+def _rename_prefixes(state_dict: dict, prefix: str, renames: Mapping[str, str]) -> None:
+    """Rename ``prefix + old`` keys of a state dict to ``prefix + new`` in place (checkpoint key maps)."""
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        rest = key[len(prefix):]
+        for old, new in renames.items():
+            if rest.startswith(old):
+                state_dict[prefix + new + rest[len(old):]] = state_dict.pop(key)
+                break
+
+
+class SequenceBranch(nn.Module):
+    """One sequence per utterance: ``prep`` -> ``backbone`` per item -> ``FlattenMLP`` -> ``ClsTransformerEncoder``.
+
+    The pipeline every end-to-end branch of the package shares: FE2E's visual and audio branches (VGG CNN),
+    FV2ES's (RepVGG CNN, NesT over mel pieces) and EmoMBT's (EfficientNet, VGGish). ``prep`` turns the batch
+    input into items: a module with ``keeps_lengths = True`` maps items one to one (face crops), any other
+    returns ``(items, lengths)`` (waveforms -> mel pieces). ``features`` is the number of backbone outputs per
+    item after flattening.
+
+    Checkpoints written before the branch was shared named the backbone ``cnn`` (VGG/RepVGG) or ``nest``; they
+    load unchanged (a state-dict pre-hook renames the keys).
+    """
+
+    LEGACY_KEYS = {"cnn.": "backbone.", "nest.": "backbone."}
+
+    def __init__(self, prep: nn.Module, backbone: nn.Module, features: int, flatten_hidden: int,
+                 transformer: TransformerConfig) -> None:
+        super().__init__()
+        self.prep = prep
+        self.backbone = backbone
+        self.flatten = FlattenMLP(features, flatten_hidden, transformer.d)
+        self.transformer = ClsTransformerEncoder(transformer.d, transformer.nlayers, transformer.nheads,
+                                                 transformer.dim_feedforward, transformer.dropout)
+        self.d = transformer.d
+        self._register_load_state_dict_pre_hook(self._legacy_keys)
+
+    @classmethod
+    def _legacy_keys(cls, state_dict, prefix, *_args) -> None:
+        _rename_prefixes(state_dict, prefix, cls.LEGACY_KEYS)
+
+    def items(self, x: Tensor, lengths: Tensor | Sequence[int]) -> tuple[Tensor, Tensor | Sequence[int]]:
+        """The backbone's inputs (sum_i L_i, ...) and items per utterance (B,)."""
+        if getattr(self.prep, "keeps_lengths", False):
+            return self.prep(x), lengths
+        return self.prep(x, lengths)
+
+    def forward(
+        self, x: Tensor, lengths: Tensor | Sequence[int], return_sequence: bool = False
+    ) -> Tensor | SequenceEncoding:
+        items, item_lengths = self.items(x, lengths)
+        feats = self.backbone(items).flatten(1)
+        return self.transformer(self.flatten(feats), item_lengths, return_sequence=return_sequence)
+
+
+class VisualBranch(SequenceBranch):
     """FE2E visual encoder: faces -> 48x48 normalise -> VggCNN(3) -> FlattenMLP -> ClsTransformerEncoder."""
 
     cnn_class: type[VggCNN] = VggCNN
 
-    def __init__(
-        self,
-        d: int = 64,
-        nlayers: int = 4,
-        nheads: int = 4,
-        dim_feedforward: int = 2048,
-        dropout: float = 0.1,
-        widths: Sequence[int] = PAPER_VGG_WIDTHS,
-        flatten_hidden: int = 1024,
-        face_resize: str = "area",
-    ) -> None:
-        super().__init__()
-        self.prep = FaceNormalize(resize_mode=face_resize)
-        self.cnn = self.cnn_class(3, widths)
-        self.flatten = FlattenMLP(self.cnn.flat_features(FACE_SIZE, FACE_SIZE), flatten_hidden, d)
-        self.transformer = ClsTransformerEncoder(d, nlayers, nheads, dim_feedforward, dropout)
-        self.d = d
+    def __init__(self, config: SequenceConfig, face_resize: str = "area") -> None:
+        prep = FaceNormalize(resize_mode=face_resize)
+        cnn = self.cnn_class(3, config.widths)
+        super().__init__(prep, cnn, cnn.flat_features(FACE_SIZE, FACE_SIZE), config.flatten_hidden, config)
 
     def features(self, faces: Tensor) -> Tensor:
         """Per-frame CNN maps of uint8 faces (N, C, 3, 3 for 48-px faces)."""
-        return self.cnn(self.prep(faces))
-
-    def forward(
-        self, faces: Tensor, face_lengths: Tensor | Sequence[int], return_sequence: bool = False
-    ) -> Tensor | SequenceEncoding:
-        feats = self.features(faces).flatten(1)
-        return self.transformer(self.flatten(feats), face_lengths, return_sequence=return_sequence)
+        return self.backbone(self.prep(faces))
 
 
-class AudioBranch(nn.Module):
+class AudioBranch(SequenceBranch):
     """FE2E audio encoder: MelPieces -> VggCNN(1) -> FlattenMLP -> ClsTransformerEncoder."""
 
-    def __init__(
-        self,
-        d: int = 64,
-        nlayers: int = 4,
-        nheads: int = 4,
-        dim_feedforward: int = 2048,
-        dropout: float = 0.1,
-        widths: Sequence[int] = PAPER_VGG_WIDTHS,
-        flatten_hidden: int = 1024,
-        sample_rate: int = 16000,
-    ) -> None:
-        super().__init__()
-        self.prep = MelPieces(sample_rate=sample_rate)
-        self.cnn = VggCNN(1, widths)
-        self.flatten = FlattenMLP(
-            self.cnn.flat_features(self.prep.n_mels, self.prep.piece_frames), flatten_hidden, d
-        )
-        self.transformer = ClsTransformerEncoder(d, nlayers, nheads, dim_feedforward, dropout)
-        self.d = d
-
-    def forward(
-        self, audio: Tensor, audio_lengths: Tensor | Sequence[int], return_sequence: bool = False
-    ) -> Tensor | SequenceEncoding:
-        pieces, piece_lengths = self.prep(audio, audio_lengths)
-        feats = self.cnn(pieces).flatten(1)
-        return self.transformer(self.flatten(feats), piece_lengths, return_sequence=return_sequence)
+    def __init__(self, config: SequenceConfig, sample_rate: int = 16000) -> None:
+        prep = MelPieces(sample_rate=sample_rate)
+        cnn = VggCNN(1, config.widths)
+        super().__init__(prep, cnn, cnn.flat_features(prep.n_mels, prep.piece_frames), config.flatten_hidden, config)
 
 
 class EmotionModel(nn.Module):
     """Base class of the registered models: ``model(batch) -> {"logits": (B, C), ...}``.
 
+    A model is built from its configuration dataclass (``config_class``; ``configs`` holds the named ones, e.g.
+    ``"paper"`` and ``"tiny"``): ``Model(num_outputs, config=None, **overrides)`` starts from ``config`` (default:
+    the paper's values) and applies the overrides. ``model.config`` is what ``emolib.train`` stores in the
+    checkpoint and the run record.
+
     ``lr_factors(text_lr_factor=None)`` maps submodule names (parameter-name prefixes) to learning-rate
     multipliers for the trainer's parameter groups (``emolib.train``); parameters not covered train at the base
     learning rate. Models with a text encoder use ``text_lr_factor`` (the trainer's, else their own config).
     """
+
+    config_class: ClassVar[type[ModelConfig]] = ModelConfig
+    configs: ClassVar[dict[str, ModelConfig]] = {}
+    registry_name: ClassVar[str] = ""
+
+    def __init__(self, config: ModelConfig | None = None, **overrides: Any) -> None:
+        super().__init__()
+        self.config = self.resolve_config(config, **overrides)
+
+    @classmethod
+    def resolve_config(cls, config: ModelConfig | str | Mapping[str, Any] | None = None,
+                       **overrides: Any) -> ModelConfig:
+        """The configuration instance for a named, dict or dataclass ``config`` (None: the paper defaults)."""
+        name = cls.registry_name or cls.__name__
+        if config is None:
+            base = cls.default_config()
+        elif isinstance(config, str):
+            if config not in cls.configs:
+                raise KeyError(f"model {name!r} has no config {config!r}; it has {sorted(cls.configs) or 'none'}")
+            base = cls.configs[config]
+        elif isinstance(config, Mapping):
+            base = cls.default_config().replace(name, **config)
+        elif isinstance(config, cls.config_class):
+            base = config
+        else:
+            raise TypeError(f"model {name!r}: config must be a config name, a dict or a {cls.config_class.__name__}, "
+                            f"got {type(config).__name__}")
+        return base.replace(name, **overrides) if overrides else base
+
+    @classmethod
+    def default_config(cls) -> ModelConfig:
+        """The paper's configuration (what ``config=None`` and a partial dict start from)."""
+        return cls.configs.get("paper") or cls.config_class()
+
+    @classmethod
+    def registry_meta(cls) -> dict[str, Any]:
+        return {"configs": tuple(cls.configs)}
+
+    def text_lr(self, text_lr_factor: float | None = None) -> float:
+        """The multiplier of the text encoder's learning rate: 1 / (the trainer's factor, else the config's)."""
+        factor = self.config.text_lr_factor if text_lr_factor is None else text_lr_factor
+        return 1.0 / check_text_lr_factor(factor)
 
     def lr_factors(self, text_lr_factor: float | None = None) -> dict[str, float]:
         return {}
@@ -428,6 +491,10 @@ class EmotionModel(nn.Module):
         for b in self.buffers():
             return b.device
         return torch.device("cpu")
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
 
 
 def require(batch: dict, key: str, model_name: str) -> object:

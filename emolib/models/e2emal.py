@@ -1,4 +1,4 @@
-"""E2EMAL (Huynh, Yang, Lee, Kim, IEEE MultiMedia 2021; reference-spec §3): lightweight feature extractor, TCNs,
+"""E2EMAL (Huynh, Yang, Lee, Kim, IEEE MultiMedia 2021): lightweight feature extractor, TCNs,
 sigmoid attention over time and over modalities, trained with the adaptive (uncertainty) loss.
 
 Written from ``th2l/E2EMAL: src/CMU-MOSEI/models.py, tools/model_utils.py, tools/tcn.py, models_config.cfg``:
@@ -18,7 +18,7 @@ Written from ``th2l/E2EMAL: src/CMU-MOSEI/models.py, tools/model_utils.py, tools
 * Outputs: ``{"logits": fused, "audio", "visual", "text"}``, all logits (B, C). While training with ``l2 > 0`` the
   dict also holds ``"l2_penalty"``, the Keras L2 term ``l2 * sum ||W||^2`` (1e-5) of the regularised Dense
   kernels (attention and fusion projections); the E2EMAL losses (:mod:`emolib.losses.adaptive`) add it.
-* Inputs come from the shared batch contract through :mod:`emolib.data.e2emal_inputs` (confident faces, centred
+* Inputs come from the shared batch contract through :mod:`emolib.models.e2emal_inputs` (confident faces, centred
   16 frames, aspect restored; spectrogram inside the model; word vectors), with E2EMAL's train-time
   augmentation (SpecAugment, Keras contrast/translation/rotation) active only in ``model.training``.
 
@@ -31,14 +31,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from emolib.data.e2emal_inputs import (
+from emolib.models.e2emal_inputs import (
     AUDIO_MODES,
     E2EMALSpectrogram,
     WordVectors,
@@ -49,6 +49,7 @@ from emolib.data.e2emal_inputs import (
     text_sequences,
 )
 from emolib.models.blocks import EmotionModel, require
+from emolib.models.config import ModelConfig
 from emolib.models.tcn import StackedTCN
 from emolib.registry import register
 
@@ -213,69 +214,112 @@ class E2EMALState(NamedTuple):
     modality_attention: Tensor  # (B, fusion_dim, 3), modality order audio, visual, text
 
 
-_PAPER: dict[str, Any] = {"tcn_filters": [256, 256], "tcn_dilations": [1, 2, 4, 8], "fusion_dim": 32,
-                          "video_frames": 16, "audio_frames": 400, "text_words": 30, "text_dim": 300}
-E2EMAL_CONFIGS: dict[str, dict[str, Any]] = {
-    "paper": dict(_PAPER),
+@dataclass(frozen=True)
+class E2EMALConfig(ModelConfig):
+    """E2EMAL's configuration; defaults are the paper's (``models_config.cfg`` of th2l/E2EMAL, CMU-MOSEI)."""
+
+    tcn_filters: tuple[int, ...] = (256, 256)
+    tcn_kernel_size: int = 2
+    tcn_dilations: tuple[int, ...] = (1, 2, 4, 8)
+    tcn_dropout: float = 0.0
+    fusion_dim: int = 32
+    feature_dropout: float = 0.5
+    fusion_dropout: float = 0.5
+    video_frames: int = 16
+    face_size: int = 48
+    min_face_conf: float = 0.65
+    face_margin: float = 2
+    face_crop_size: int | None = None
+    restore_aspect: bool = True
+    audio_mode: str = "chunk-mean"
+    audio_frames: int = 400
+    n_mels: int = 40
+    sample_rate: int = 16000
+    chunk_pad_quirk: bool = False
+    text_words: int = 30
+    text_dim: int = 300
+    text_vectors: str = "auto"
+    glove_path: str | None = None
+    text_model: str = "minilm"
+    text_projection_seed: int = 0
+    l2: float = 1e-5
+    augment: bool = True
+    spec_mask_p: float = 0.4
+    freq_mask: int = 5
+    time_mask: int = 10
+    contrast: float = 0.5
+    translation: float = 0.2
+    rotation: float = 0.2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.audio_mode not in AUDIO_MODES:
+            raise ValueError(f"audio_mode must be one of {AUDIO_MODES}, got {self.audio_mode!r}")
+        if self.text_vectors not in TEXT_VECTORS:
+            raise ValueError(f"text_vectors must be one of {TEXT_VECTORS}, got {self.text_vectors!r}")
+        if self.l2 < 0:
+            raise ValueError(f"l2 must be >= 0, got {self.l2}")
+
+
+E2EMAL_CONFIGS: dict[str, E2EMALConfig] = {
+    "paper": E2EMALConfig(),
     # CPU smoke runs: narrow TCNs; the LFE, inputs and attention are the paper's.
-    "tiny": {**_PAPER, "tcn_filters": [16, 16]},
+    "tiny": E2EMALConfig(tcn_filters=(16, 16)),
 }
 
 
-@register("model", "e2emal",
-          summary="E2EMAL: ~0.2M-param LFE per modality, keras-tcn TCNs, sigmoid temporal + modality attention",
-          modalities="audio,visual,text", paper="Huynh et al., IEEE MultiMedia 2021 (E2EMAL)",
-          configs=E2EMAL_CONFIGS)
+@register("model", "e2emal")
 class E2EMAL(EmotionModel):
-    """E2EMAL on the shared batch contract (see the module docstring). Constructor defaults are the paper's."""
+    """E2EMAL: ~0.2M-param LFE per modality, keras-tcn TCNs, sigmoid temporal + modality attention."""
 
-    def __init__(
-        self,
-        num_outputs: int,
-        *,
-        tcn_filters: Sequence[int] = (256, 256),
-        tcn_kernel_size: int = 2,
-        tcn_dilations: Sequence[int] = (1, 2, 4, 8),
-        tcn_dropout: float = 0.0,
-        fusion_dim: int = 32,
-        feature_dropout: float = 0.5,
-        fusion_dropout: float = 0.5,
-        video_frames: int = 16,
-        face_size: int = 48,
-        min_face_conf: float = 0.65,
-        face_margin: float = 2,
-        face_crop_size: int | None = None,
-        restore_aspect: bool = True,
-        audio_mode: str = "chunk-mean",
-        audio_frames: int = 400,
-        n_mels: int = 40,
-        sample_rate: int = 16000,
-        chunk_pad_quirk: bool = False,
-        text_words: int = 30,
-        text_dim: int = 300,
-        text_vectors: str = "auto",
-        glove_path: str | Path | None = None,
-        text_model: str | Path = "minilm",
-        text_projection_seed: int = 0,
-        word_vectors: WordVectors | None = None,
-        l2: float = 1e-5,
-        augment: bool = True,
-        spec_mask_p: float = 0.4,
-        freq_mask: int = 5,
-        time_mask: int = 10,
-        contrast: float = 0.5,
-        translation: float = 0.2,
-        rotation: float = 0.2,
-    ) -> None:
-        super().__init__()
-        if audio_mode not in AUDIO_MODES:
-            raise ValueError(f"audio_mode must be one of {AUDIO_MODES}, got {audio_mode!r}")
-        if text_vectors not in TEXT_VECTORS:
-            raise ValueError(f"text_vectors must be one of {TEXT_VECTORS}, got {text_vectors!r}")
+    registry_name = "e2emal"
+    config_class = E2EMALConfig
+    configs = E2EMAL_CONFIGS
+    config: E2EMALConfig
+
+    @classmethod
+    def registry_meta(cls) -> dict[str, Any]:
+        return {**super().registry_meta(), "modalities": "audio,visual,text",
+                "paper": "Huynh et al., IEEE MultiMedia 2021 (E2EMAL)"}
+
+    def __init__(self, num_outputs: int, config: E2EMALConfig | str | dict | None = None, *,
+                 word_vectors: WordVectors | None = None, **overrides: Any) -> None:
+        super().__init__(config, **overrides)
+        c = self.config
+        tcn_filters = c.tcn_filters
+        tcn_kernel_size = c.tcn_kernel_size
+        tcn_dilations = c.tcn_dilations
+        tcn_dropout = c.tcn_dropout
+        fusion_dim = c.fusion_dim
+        feature_dropout = c.feature_dropout
+        fusion_dropout = c.fusion_dropout
+        video_frames = c.video_frames
+        face_size = c.face_size
+        min_face_conf = c.min_face_conf
+        face_margin = c.face_margin
+        face_crop_size = c.face_crop_size
+        restore_aspect = c.restore_aspect
+        audio_mode = c.audio_mode
+        audio_frames = c.audio_frames
+        n_mels = c.n_mels
+        sample_rate = c.sample_rate
+        chunk_pad_quirk = c.chunk_pad_quirk
+        text_words = c.text_words
+        text_dim = c.text_dim
+        text_vectors = c.text_vectors
+        glove_path = c.glove_path
+        text_model = c.text_model
+        text_projection_seed = c.text_projection_seed
+        l2 = c.l2
+        augment = c.augment
+        spec_mask_p = c.spec_mask_p
+        freq_mask = c.freq_mask
+        time_mask = c.time_mask
+        contrast = c.contrast
+        translation = c.translation
+        rotation = c.rotation
         if text_vectors == "glove" and not glove_path and word_vectors is None:
             raise ValueError("text_vectors='glove' needs glove_path (a GloVe text file 'word v1 ... v300')")
-        if l2 < 0:
-            raise ValueError(f"l2 must be >= 0, got {l2}")
         if word_vectors is None:
             use_glove = text_vectors == "glove" or (text_vectors == "auto" and bool(glove_path))
             word_vectors = build_word_vectors(glove_path if use_glove else None, text_model, text_dim,
@@ -374,150 +418,3 @@ class E2EMAL(EmotionModel):
         atts = (self.audio_att, self.visual_att, self.text_att, self.modality_att)
         return [m.weight for a in atts for m in (a.att0, a.att1)] + [
             p.weight for p in (self.audio_proj, self.visual_proj, self.text_proj)]
-
-
-# ------------------------------------------------------------------------------------------- helpers
-
-
-def count_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def float32_mb(n_params: int) -> float:
-    """Size of ``n_params`` float32 numbers in MB (10^6 bytes)."""
-    return n_params * 4 / 1e6
-
-
-def size_breakdown(model: E2EMAL) -> list[dict[str, Any]]:
-    """Parameters and float32 size per part: the two LFEs, the three TCN stacks, attention, heads and fusion, and
-    the total. ``buffers`` counts BatchNorm statistics (not trained, but stored with the weights)."""
-    groups = {
-        "LFE visual": [model.visual_lfe], "LFE audio": [model.audio_lfe],
-        "TCN visual": [model.visual_tcn], "TCN audio": [model.audio_tcn], "TCN text": [model.text_tcn],
-        "temporal attention": [model.visual_att, model.audio_att, model.text_att],
-        "unimodal heads": [model.visual_head, model.audio_head, model.text_head],
-        "fusion (projections, modality attention, fused head)": [model.audio_proj, model.visual_proj,
-                                                                 model.text_proj, model.modality_att,
-                                                                 model.fused_head],
-    }
-    rows = []
-    for part, modules in groups.items():
-        n = sum(count_params(m) for m in modules)
-        buffers = sum(b.numel() for m in modules for b in m.buffers() if b.is_floating_point())
-        rows.append({"part": part, "params": n, "float32_MB": round(float32_mb(n), 4), "buffers": buffers})
-    total = count_params(model)
-    if total != sum(r["params"] for r in rows):
-        raise RuntimeError("size_breakdown does not cover every parameter of the model")
-    rows.append({"part": "total", "params": total, "float32_MB": round(float32_mb(total), 4),
-                 "buffers": sum(r["buffers"] for r in rows)})
-    return rows
-
-
-@torch.no_grad()
-def modality_attention(model: E2EMAL, batch: Mapping[str, Any], *, per_feature: bool = False) -> Tensor:
-    """The fusion's sigmoid weights for a batch (eval mode): (B, 3) averaged over the fusion features, or
-    (B, fusion_dim, 3) with ``per_feature=True``; modality order audio, visual, text."""
-    was_training = model.training
-    model.eval()
-    try:
-        weights = model.run(batch).modality_attention
-    finally:
-        model.train(was_training)
-    return weights if per_feature else weights.mean(dim=1)
-
-
-def s_curves(record: Mapping[str, Any]) -> dict[str, list[float]]:
-    """{output: [s_i per epoch]} from a run record trained with the adaptive loss (empty when fused-only)."""
-    parts = record.get("curves", {}).get("train_parts", {})
-    return {k[2:]: list(v) for k, v in parts.items() if k.startswith("s_") and k != "s_penalty"}
-
-
-def e2emal_loss_params(dataset: str, *, adaptive: bool = True, lam: float | None = None) -> dict[str, Any]:
-    """Loss parameters for the ``"adaptive"`` loss on a dataset: CMU-MOSEI uses the code's MoseiEmotionLoss as the
-    per-output loss and lam 0.5 (its copy of the code); other label sets use pos-weighted BCE and lam 1.0 (the
-    MERC2020 copy). ``adaptive=False`` trains the fused output only (the CMU-MOSEI config)."""
-    from emolib.metrics import dataset_kind
-
-    kind = dataset_kind(dataset)
-    if kind == "sims":
-        raise ValueError("E2EMAL's losses are for classification; CH-SIMS is a regression dataset")
-    base = "mosei-emotion" if kind == "mosei" else "bce"
-    default_lam = 0.5 if kind == "mosei" else 1.0
-    return {"base": base, "lam": float(default_lam if lam is None else lam), "fused_only": not adaptive}
-
-
-def e2emal_train_config(*, epochs: int = 20, batch_size: int = 32, lr: float = 1e-3, min_lr: float = 1e-4,
-                        warmup_epochs: float = 5, cosine_epochs: float = 15, select_protocol: str | None = "e2emal",
-                        swa_start_epoch: float | None = None, swa_period_steps: int = 1,
-                        **overrides: Any) -> dict[str, Any]:
-    """TrainConfig fields of E2EMAL's schedule (reference-spec §3.4): Adam, per-step linear warm-up over 5 epochs,
-    cosine decay to ``min_lr`` at epoch 15, constant after; CMU-MOSEI: lr 1e-3 -> 1e-4, batch 32, 20 epochs, best
-    epoch by valid weighted accuracy of the ``e2emal`` protocol. MERC2020 adds SWA from epoch 15 every 15 steps
-    (``swa_start_epoch=15, swa_period_steps=15``) and lr 5e-3, batch 64. ``overrides`` are further TrainConfig
-    fields. ``select_protocol=None`` selects with the dataset's table protocol instead."""
-    if not 0 < min_lr <= lr:
-        raise ValueError(f"need 0 < min_lr <= lr, got {min_lr}, {lr}")
-    config: dict[str, Any] = {"epochs": epochs, "batch_size": batch_size, "optimizer": "adam", "lr": lr,
-                              "scheduler": "cosine", "warmup_epochs": warmup_epochs,
-                              "cosine_epochs": cosine_epochs, "min_lr_factor": min_lr / lr}
-    if select_protocol is not None:
-        config["primary_protocol"] = select_protocol
-    if swa_start_epoch is not None:
-        config.update({"swa_start_epoch": swa_start_epoch, "swa_period_steps": swa_period_steps})
-    config.update(overrides)
-    return config
-
-
-E2EMAL_FRAMES: dict[str, Any] = {"face_size": None, "max_frames": None}
-"""FrameOptions for E2EMAL runs: every cached frame at its cached size (the model selects and re-crops)."""
-
-
-# ------------------------------------------------------------------------------------------ notebook views
-
-
-def size_table(model: E2EMAL):
-    """:func:`size_breakdown` as a DataFrame (params, float32 MB, BN buffers per part)."""
-    import pandas as pd
-
-    return pd.DataFrame(size_breakdown(model)).set_index("part")
-
-
-def plot_s_curves(records: Sequence[Mapping[str, Any]]):
-    """The learned s_i per epoch (one line per output, one panel per seed) and the implied weights exp(-s_i)."""
-    import matplotlib.pyplot as plt
-
-    runs = [r for r in records if s_curves(r)]
-    if not runs:
-        raise ValueError("no record holds s_i curves (were they trained with the adaptive loss, fused_only=False?)")
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
-    for record in runs:
-        epochs = record["curves"]["epoch"]
-        for name, values in sorted(s_curves(record).items()):
-            label = f"{name} (seed {record['seed']})" if len(runs) > 1 else name
-            axes[0].plot(epochs, values, marker="o", label=label)
-            axes[1].plot(epochs, [math.exp(-v) for v in values], marker="o", label=label)
-    axes[0].set(xlabel="epoch", ylabel="s_i (epoch mean)", title="learned log-variances")
-    axes[1].set(xlabel="epoch", ylabel="exp(-s_i)", title="effective loss weights")
-    from matplotlib.ticker import MaxNLocator
-
-    for ax in axes:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
-def plot_modality_attention(weights: Tensor, uids: Sequence[str] | None = None):
-    """A heat map of per-clip modality attention weights (B, 3) from :func:`modality_attention`."""
-    import matplotlib.pyplot as plt
-
-    data = weights.detach().cpu().numpy()
-    fig, ax = plt.subplots(figsize=(4.2, 0.28 * len(data) + 1.2))
-    image = ax.imshow(data, aspect="auto", cmap="viridis", vmin=0, vmax=1)
-    ax.set_xticks(range(len(MODALITIES)), MODALITIES)
-    ax.set_yticks(range(len(data)), list(uids) if uids is not None else range(len(data)), fontsize=6)
-    ax.set_title("modality attention (sigmoid, mean over features)", fontsize=9)
-    fig.colorbar(image, ax=ax, fraction=0.05)
-    fig.tight_layout()
-    return fig

@@ -1,5 +1,5 @@
 """EmoMBT: multitask-inspired multimodal learning with a bottleneck transformer (khanhnd185 2023; Nguyen et al.,
-Applied Sciences 2025), reference-spec §4.
+Applied Sciences 2025).
 
 Per utterance (``E2EMBT`` of ``khanhnd185/EmoMBT: src/models/mbt.py``):
 
@@ -22,7 +22,7 @@ Per utterance (``E2EMBT`` of ``khanhnd185/EmoMBT: src/models/mbt.py``):
 Outputs: ``{"logits", "text", "visual", "audio"}`` plus ``"fusion"`` for the fusing variants; ``"logits"`` is the
 head named by ``infer`` (default: the fused head, or the visual head for ``dict`` as the code's ``--infer``).
 
-Paper vs code (reference-spec §4.2, §6.7), each selectable:
+Paper vs code (``khanhnd185/EmoMBT``), each selectable:
 
 * ``swap_text_visual_keys=True`` reproduces the released code's dict, whose ``"text"`` key carries the visual
   head and ``"visual"`` the text head (default False: keys name their heads).
@@ -35,7 +35,7 @@ Paper vs code (reference-spec §4.2, §6.7), each selectable:
   wheel. Audio: VGGish's AudioSet weights when ``audio_weights`` names the file, else a random initialisation
   (``audio_weights="random"``, which the run record shows).
 
-Learning rates (§4.4): text encoder, text projection, text head, visual backbone and VGGish at
+Learning rates (``src/trainers`` of khanhnd185/EmoMBT): text encoder, text projection, text head, visual backbone and VGGish at
 ``lr / text_lr_factor``; everything else at ``lr``.
 """
 
@@ -47,21 +47,27 @@ import logging
 import pickle
 import types
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from emolib.models.blocks import ClsTransformerEncoder, EmotionModel, FlattenMLP, WeightedLateFusion, require
+from emolib.models.blocks import (
+    EmotionModel,
+    FlattenMLP,
+    SequenceBranch,
+    WeightedLateFusion,
+    _rename_prefixes,
+    require,
+)
+from emolib.models.config import TextConfig, TransformerConfig
 from emolib.models.text import MissingWeightsError, TextEncoder
 from emolib.models.vggish import VGGISH_CONFIGS, VGGish, VggishLogMel, load_vggish_weights
 from emolib.registry import register
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -282,6 +288,8 @@ class FaceImages(nn.Module):
     Resizing is antialiased bilinear, as torchvision's ``Resize`` on the PIL images of EmoMBT's loader.
     """
 
+    keeps_lengths = True  # one image per face (see SequenceBranch)
+
     def __init__(self, size: int, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         if size < 16:
@@ -380,21 +388,48 @@ class BottleneckTransformer(nn.Module):
 
 # ---------------------------------------------------------------------------------------------------- model
 
-_PAPER = {
-    "d": 512, "nlayers": 2, "nheads": 8, "bot_nlayers": 2, "dim_feedforward": 2048, "dropout": 0.1,
-    "fusion": "mlp", "text_model": "albert-base-v2", "text_max_length": 100, "text_padding": "max_length",
-    "text_hidden": 512, "text_lr_factor": 10.0,
-    "visual_backbone": HSEMOTION_ALIAS, "visual_weights": None, "image_size": 260, "visual_hidden": 1024,
-    "vggish": "paper", "audio_weights": "random", "audio_hidden": 96,
+@dataclass(frozen=True)
+class EmoMBTConfig(TransformerConfig, TextConfig):
+    """EmoMBT's configuration; defaults are the paper's (``E2EMBT`` of khanhnd185/EmoMBT). The transformer fields
+    configure the per-modality CLS transformers, ``bot_nlayers`` the bottleneck transformer."""
+
+    d: int = 512
+    nlayers: int = 2
+    nheads: int = 8
+    bot_nlayers: int = 2
+    fusion: str = "mlp"
+    infer: str | None = None
+    head_outputs: int | None = None
+    swap_text_visual_keys: bool = False
+    text_padding: str = "max_length"
+    text_hidden: int = 512
+    visual_backbone: str = HSEMOTION_ALIAS
+    visual_weights: str | None = None
+    image_size: int = 260
+    visual_hidden: int = 1024
+    vggish: str = "paper"
+    audio_weights: str = "random"
+    audio_hidden: int = 96
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
+        allowed = MODALITIES if self.fusion == "dict" else HEADS
+        if self.infer is not None and self.infer not in allowed:
+            raise ValueError(f"infer={self.infer!r} is not an output of fusion={self.fusion!r}; choose from {allowed}")
+        if self.vggish not in VGGISH_CONFIGS:
+            raise ValueError(f"vggish must be one of {sorted(VGGISH_CONFIGS)}, got {self.vggish!r}")
+        if self.head_outputs is not None and self.head_outputs < 1:
+            raise ValueError(f"head_outputs must be >= 1, got {self.head_outputs}")
+
+
+EMOMBT_CONFIGS: dict[str, EmoMBTConfig] = {
+    "paper": EmoMBTConfig(),
+    "tiny": EmoMBTConfig(d=32, nlayers=1, nheads=2, bot_nlayers=1, dim_feedforward=64, text_model="minilm",
+                         text_padding="longest", text_hidden=64, visual_backbone=LITE0_ARCH, image_size=64,
+                         visual_hidden=64, vggish="tiny", audio_hidden=32),
 }
-_TINY = {
-    "d": 32, "nlayers": 1, "nheads": 2, "bot_nlayers": 1, "dim_feedforward": 64, "dropout": 0.1,
-    "fusion": "mlp", "text_model": "minilm", "text_max_length": 100, "text_padding": "longest",
-    "text_hidden": 64, "text_lr_factor": 10.0,
-    "visual_backbone": LITE0_ARCH, "visual_weights": None, "image_size": 64, "visual_hidden": 64,
-    "vggish": "tiny", "audio_weights": "random", "audio_hidden": 32,
-}
-EMOMBT_CONFIGS: dict[str, dict[str, Any]] = {"paper": _PAPER, "tiny": _TINY}
 
 
 def build_text_encoder(text_model: str | Path, max_length: int, padding: str = "max_length") -> TextEncoder:
@@ -409,102 +444,72 @@ def build_text_encoder(text_model: str | Path, max_length: int, padding: str = "
     return TextEncoder(text_model, max_length=max_length, padding=padding)
 
 
-@register(
-    "model",
-    "emombt",
-    summary="EmoMBT: text tokens + EfficientNet faces + VGGish audio, 3-way bottleneck transformer, per-modality "
-            "heads and a fused head trained as tasks",
-    modalities="audio,visual,text",
-    paper="khanhnd185 2023 / Nguyen et al., Applied Sciences 2025 (EmoMBT)",
-    configs=EMOMBT_CONFIGS,
-)
+@register("model", "emombt")
 class EmoMBT(EmotionModel):
-    """Three encoders, a multimodal bottleneck transformer, three heads and a fusion (module docstring)."""
+    """EmoMBT: text tokens + EfficientNet faces + VGGish audio, 3-way bottleneck transformer, per-modality heads
+    and a fused head trained as tasks."""
 
-    def __init__(
-        self,
-        num_outputs: int,
-        d: int = 512,
-        nlayers: int = 2,
-        nheads: int = 8,
-        bot_nlayers: int = 2,
-        dim_feedforward: int = 2048,
-        dropout: float = 0.1,
-        fusion: str = "mlp",
-        infer: str | None = None,
-        head_outputs: int | None = None,
-        swap_text_visual_keys: bool = False,
-        text_model: str | Path = "albert-base-v2",
-        text_max_length: int = 100,
-        text_padding: str = "max_length",
-        text_hidden: int = 512,
-        text_lr_factor: float = 10.0,
-        visual_backbone: str = HSEMOTION_ALIAS,
-        visual_weights: str | Path | None = None,
-        image_size: int = 260,
-        visual_hidden: int = 1024,
-        vggish: str = "paper",
-        audio_weights: str | Path = "random",
-        audio_hidden: int = 96,
-    ) -> None:
-        super().__init__()
-        if fusion not in FUSIONS:
-            raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
-        infer = infer or ("visual" if fusion == "dict" else "fusion")
-        allowed = MODALITIES if fusion == "dict" else HEADS
-        if infer not in allowed:
-            raise ValueError(f"infer={infer!r} is not an output of fusion={fusion!r}; choose from {allowed}")
-        if text_lr_factor <= 0:
-            raise ValueError(f"text_lr_factor must be > 0, got {text_lr_factor}")
-        if vggish not in VGGISH_CONFIGS:
-            raise ValueError(f"vggish must be one of {sorted(VGGISH_CONFIGS)}, got {vggish!r}")
-        width = int(head_outputs or num_outputs)
-        if width < 1:
-            raise ValueError(f"head_outputs must be >= 1, got {head_outputs}")
-        self.fusion_kind, self.infer, self.swap_text_visual_keys = fusion, infer, bool(swap_text_visual_keys)
-        self.text_lr_factor = float(text_lr_factor)
+    registry_name = "emombt"
+    config_class = EmoMBTConfig
+    configs = EMOMBT_CONFIGS
+    config: EmoMBTConfig
+    # Before the sequence branch was shared, each branch's parts sat on the model itself.
+    LEGACY_KEYS = {f"{old}": f"{branch}.{part}." for branch, short in (("visual", "v"), ("audio", "a"))
+                   for old, part in ((f"{branch}_prep.", "prep"), (f"{branch}_backbone.", "backbone"),
+                                     (f"{short}_flatten.", "flatten"), (f"{short}_transformer.", "transformer"))}
+
+    def __init__(self, num_outputs: int, config: EmoMBTConfig | str | dict | None = None, **overrides: Any) -> None:
+        super().__init__(config, **overrides)
+        c = self.config
+        self.fusion_kind, self.swap_text_visual_keys = c.fusion, c.swap_text_visual_keys
+        self.infer = c.infer or ("visual" if c.fusion == "dict" else "fusion")
+        width = int(c.head_outputs or num_outputs)
         self.head_outputs = width
 
-        self.text_encoder = build_text_encoder(text_model, text_max_length, text_padding)
-        self.text_proj = FlattenMLP(self.text_encoder.hidden_size, text_hidden, d)
+        self.text_encoder = build_text_encoder(c.text_model, c.text_max_length, c.text_padding)
+        self.text_proj = FlattenMLP(self.text_encoder.hidden_size, c.text_hidden, c.d)
 
-        visual = load_visual_backbone(visual_backbone, visual_weights)
-        self.visual_prep = FaceImages(image_size, visual.mean, visual.std)
-        self.visual_backbone = visual.model
-        self.v_flatten = FlattenMLP(int(visual.model.num_features), visual_hidden, d)
-        self.v_transformer = ClsTransformerEncoder(d, nlayers, nheads, dim_feedforward, dropout)
+        visual = load_visual_backbone(c.visual_backbone, c.visual_weights)
+        self.visual = SequenceBranch(FaceImages(c.image_size, visual.mean, visual.std), visual.model,
+                                     int(visual.model.num_features), c.visual_hidden, c.transformer())
 
-        self.audio_prep = VggishLogMel()
-        self.audio_backbone = VGGish(**VGGISH_CONFIGS[vggish])
-        if str(audio_weights) == "random":
+        audio_prep = VggishLogMel()
+        vggish = VGGish(**VGGISH_CONFIGS[c.vggish])
+        if str(c.audio_weights) == "random":
             log.info("emombt: VGGish randomly initialised (audio_weights='random'); the paper used AudioSet weights")
-            audio_source = f"VGGish ({vggish}) random initialisation"
+            audio_source = f"VGGish ({c.vggish}) random initialisation"
         else:
-            load_vggish_weights(self.audio_backbone, audio_weights)
-            audio_source = f"VGGish AudioSet weights from {Path(audio_weights).expanduser()}"
-        self.a_flatten = FlattenMLP(self.audio_backbone.embedding_dim, audio_hidden, d)
-        self.a_transformer = ClsTransformerEncoder(d, nlayers, nheads, dim_feedforward, dropout)
+            load_vggish_weights(vggish, c.audio_weights)
+            audio_source = f"VGGish AudioSet weights from {Path(c.audio_weights).expanduser()}"
+        self.audio = SequenceBranch(audio_prep, vggish, vggish.embedding_dim, c.audio_hidden, c.transformer())
 
-        self.mbt = BottleneckTransformer(d, bot_nlayers, nheads, dim_feedforward, dropout)
-        self.t_out = nn.Linear(d, width)
-        self.v_out = nn.Linear(d, width)
-        self.a_out = nn.Linear(d, width)
-        if fusion == "mlp":
+        self.mbt = BottleneckTransformer(c.d, c.bot_nlayers, c.nheads, c.dim_feedforward, c.dropout)
+        self.t_out = nn.Linear(c.d, width)
+        self.v_out = nn.Linear(c.d, width)
+        self.a_out = nn.Linear(c.d, width)
+        if c.fusion == "mlp":
             self.weighted_fusion = WeightedLateFusion(3)
-        elif fusion == "gate":
-            self.gate = nn.Linear(d, width, bias=False)
+        elif c.fusion == "gate":
+            self.gate = nn.Linear(c.d, width, bias=False)
         self.weights_info = {"text": f"{self.text_encoder.source.name} ({self.text_encoder.source.kind})",
                              "visual": visual.source, "audio": audio_source}
+        self._register_load_state_dict_pre_hook(self._legacy_keys)
+
+    @classmethod
+    def _legacy_keys(cls, state_dict, prefix, *_args) -> None:
+        _rename_prefixes(state_dict, prefix, cls.LEGACY_KEYS)
+
+    @classmethod
+    def registry_meta(cls) -> dict[str, Any]:
+        return {**super().registry_meta(), "modalities": "audio,visual,text",
+                "paper": "khanhnd185 2023 / Nguyen et al., Applied Sciences 2025 (EmoMBT)"}
 
     # -- hooks for the trainer ---------------------------------------------------------------------------
 
     def lr_factors(self, text_lr_factor: float | None = None) -> dict[str, float]:
-        """EmoMBT's slow group (§4.4): the pretrained encoders, the text projection and the text head."""
-        factor = self.text_lr_factor if text_lr_factor is None else float(text_lr_factor)
-        if factor <= 0:
-            raise ValueError(f"text_lr_factor must be > 0, got {factor}")
-        slow = ("text_encoder", "text_proj", "t_out", "visual_backbone", "audio_backbone")
-        return {name: 1.0 / factor for name in slow}
+        """EmoMBT's slow group: the pretrained encoders, the text projection and the text head."""
+        slow = self.text_lr(text_lr_factor)
+        return {name: slow for name in ("text_encoder", "text_proj", "t_out", "visual.backbone", "audio.backbone")}
 
     # -- encoders ----------------------------------------------------------------------------------------
 
@@ -514,13 +519,11 @@ class EmoMBT(EmotionModel):
         return self.text_proj(enc.tokens), enc.attention_mask == 0
 
     def encode_visual(self, faces: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        feats = self.visual_backbone(self.visual_prep(faces.to(self.device)))
-        seq = self.v_transformer(self.v_flatten(feats), lengths, return_sequence=True)
+        seq = self.visual(faces.to(self.device), lengths, return_sequence=True)
         return seq.sequence, seq.padding_mask
 
     def encode_audio(self, audio: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        examples, counts = self.audio_prep(audio.to(self.device), lengths)
-        seq = self.a_transformer(self.a_flatten(self.audio_backbone(examples)), counts, return_sequence=True)
+        seq = self.audio(audio.to(self.device), lengths, return_sequence=True)
         return seq.sequence, seq.padding_mask
 
     # -- forward -----------------------------------------------------------------------------------------
@@ -554,93 +557,3 @@ class EmoMBT(EmotionModel):
             out["fusion"] = fused
         out["logits"] = out[self.infer]
         return out
-
-
-def emombt_overrides(task: str, **choices: Any) -> dict[str, Any]:
-    """``model_overrides`` for a dataset ``task``: regression (CH-SIMS) heads predict one score each
-    (``head_outputs=1``, as the code's heads regress one label); choices that are unset (``""``, integer ``0``
-    or ``None``, the notebooks' way to say "the configuration's default") are dropped, booleans are kept."""
-    if task not in ("multilabel", "regression"):
-        raise ValueError(f"task must be 'multilabel' or 'regression', got {task!r}")
-    out = {k: v for k, v in choices.items() if not _unset(v)}
-    if task == "regression":
-        out["head_outputs"] = 1
-    return out
-
-
-def _unset(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and value == "") or (type(value) is int and value == 0)
-
-
-# ------------------------------------------------------------------------------------------ head evaluation
-
-
-@torch.no_grad()
-def head_predictions(model: nn.Module, dataset: Any, *, batch_size: int = 8,
-                     heads: Sequence[str] | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Every output head of ``model`` over ``dataset`` (in order): ({head: (N, C_h)}, labels (N, C))."""
-    from emolib.data.dataset import collate
-
-    model.eval()
-    outs: dict[str, list[np.ndarray]] = {}
-    labels = []
-    for start in range(0, len(dataset), batch_size):
-        batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
-        pred = model(batch)
-        names = heads or [k for k in pred if k != "logits"] or ["logits"]
-        for name in names:
-            if name not in pred:
-                raise KeyError(f"model has no output {name!r}; it returns {sorted(pred)}")
-            outs.setdefault(name, []).append(pred[name].float().cpu().numpy())
-        labels.append(batch["labels"].float().numpy())
-    if not labels:
-        raise ValueError("head_predictions: the dataset is empty")
-    return {k: np.concatenate(v) for k, v in outs.items()}, np.concatenate(labels)
-
-
-SIMS_OWN_TARGET = {"fusion": "M", "text": "T", "audio": "A", "visual": "V"}
-
-
-def evaluate_heads(model: nn.Module, valid: Any, test: Any, *, protocol: str | None = None,
-                   class_names: Sequence[str] | None = None, batch_size: int = 8) -> pd.DataFrame:
-    """Test metrics (x100) of every head of a trained multi-head model, with the dataset's protocol.
-
-    Thresholds (classification protocols) are chosen on ``valid`` for each head separately, as the trainer
-    does for ``"logits"``. For CH-SIMS each head is scored against the multimodal label M (the tables' target)
-    and, for a unimodal head, also against its own annotation (T, A or V). Returns a DataFrame with one row per
-    (head, target): ``head``, ``target``, the protocol's average metrics, ``protocol``.
-    """
-    import pandas as pd
-
-    from emolib.metrics import applicable_protocols, get_protocol
-
-    names = list(class_names or getattr(test, "label_names", []) or [])
-    proto_name = protocol or applicable_protocols(test.cache.display_name)[0]
-    proto = get_protocol(proto_name)
-    v_out, v_lab = head_predictions(model, valid, batch_size=batch_size)
-    t_out, t_lab = head_predictions(model, test, batch_size=batch_size)
-    rows = []
-    for head in t_out:
-        if proto.task == "regression":
-            targets = ["M"] + ([SIMS_OWN_TARGET[head]] if head in ("text", "audio", "visual") else [])
-            for target in targets:
-                j = names.index(target)
-                pred = t_out[head][:, :1] if t_out[head].shape[1] == 1 else t_out[head][:, j:j + 1]
-                result = proto.evaluate(pred, t_lab[:, j:j + 1], [target])
-                rows.append({"head": head, "target": target, **_percent(result["average"]),
-                             "protocol": proto_name})
-        else:
-            thresholds = proto.choose_thresholds(v_out[head], v_lab) if proto.needs_thresholds else None
-            result = proto.evaluate(t_out[head], t_lab, names, thresholds=thresholds)
-            rows.append({"head": head, "target": "all", **_percent(result["average"]), "protocol": proto_name})
-    return pd.DataFrame(rows)
-
-
-def _percent(average: Mapping[str, Any]) -> dict[str, Any]:
-    """Metric averages x100; integer entries are counts (e.g. ``auc_classes``) and stay as they are."""
-    out: dict[str, Any] = {}
-    for key, value in average.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
-        out[key] = value if isinstance(value, int) else round(100 * float(value), 2)
-    return out

@@ -1,6 +1,6 @@
 """FE2E (Dai et al., NAACL 2021): fully end-to-end multimodal emotion model with weighted late fusion.
 
-Reference-spec §1.1-§1.4. Per modality (chosen with ``modalities``, a subset of "tav", default all three):
+Per modality (chosen with ``modalities``, a subset of "tav", default all three):
 
 * text: pretrained encoder (ALBERT-base-v2 in the paper) -> [CLS] -> ``t_out`` Linear(H -> C);
 * visual: face crops -> 48x48, Dai's RGB normalisation -> VGG CNN -> Linear(4608 -> 1024 -> d) -> CLS
@@ -13,48 +13,39 @@ The logits of the present modalities are stacked in Dai's order (text, visual, a
 returned directly. ``forward`` returns ``{"logits": fused, "text": ..., "visual": ..., "audio": ...}`` (the
 per-modality heads of the modalities in use).
 
-Optimisation (§1.4): the text encoder and ``t_out`` train at ``lr / text_lr_factor`` (``lr_factors``), all
+Optimisation (Dai et al. 2021, Sec. 4; ``src/train.py`` of wenliangdai/Multimodal-End2end-Sparse): the
+text encoder and ``t_out`` train at ``lr / text_lr_factor`` (``lr_factors``), all
 other modules at ``lr``. MTCNN is not part of the module: faces are cropped once by the data preparation (or by
 ``emolib.predict`` on raw video) with the same detector settings.
 
 ``LateFusionModel`` is the shared skeleton; FV2ES (``emolib.models.fv2es``) plugs in its own visual and audio
-branches.
+branches. The unimodal baselines (``visual-only``, ``audio-only``, ``text-only``) are FE2E restricted to one
+modality: with one modality FE2E returns that branch's logits directly, which is what the papers' "Audio",
+"Visual" and "Text" rows report.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import Tensor, nn
 
 from emolib.models.blocks import (
-    PAPER_VGG_WIDTHS,
     AudioBranch,
     EmotionModel,
     VisualBranch,
     WeightedLateFusion,
+    _rename_prefixes,
     require,
 )
+from emolib.models.config import TINY_VGG_WIDTHS, SequenceConfig, TextConfig
 from emolib.models.text import TextEncoder
-from emolib.models.unimodal import TINY_VGG_WIDTHS
 from emolib.registry import register
 
 MODALITY_ORDER = ("t", "v", "a")  # Dai stacks text, visual, audio logits in this order
 HEAD_NAMES = {"t": "text", "v": "visual", "a": "audio"}
-
-PAPER_COMMON = {
-    "modalities": "tav", "d": 64, "nlayers": 4, "nheads": 4, "dim_feedforward": 2048, "dropout": 0.1,
-    "flatten_hidden": 1024, "text_model": "albert-base-v2", "text_max_length": 100, "text_lr_factor": 10.0,
-}
-TINY_COMMON = {
-    "modalities": "tav", "d": 32, "nlayers": 1, "nheads": 2, "dim_feedforward": 64, "dropout": 0.1,
-    "flatten_hidden": 64, "text_model": "minilm", "text_max_length": 100, "text_lr_factor": 10.0,
-}
-FE2E_CONFIGS: dict[str, dict] = {
-    "paper": {**PAPER_COMMON, "widths": PAPER_VGG_WIDTHS},
-    "tiny": {**TINY_COMMON, "widths": TINY_VGG_WIDTHS},
-}
 
 
 def parse_modalities(modalities: str) -> tuple[str, ...]:
@@ -66,67 +57,84 @@ def parse_modalities(modalities: str) -> tuple[str, ...]:
     return tuple(m for m in MODALITY_ORDER if m in letters)
 
 
+@dataclass(frozen=True)
+class FE2EConfig(SequenceConfig, TextConfig):
+    """FE2E's configuration; the defaults are the paper's (Dai's README command: d 64, 4 layers, 4 heads,
+    ALBERT-base-v2). ``modalities`` is a subset of "tav"; ``face_resize`` how cached crops reach 48 px."""
+
+    modalities: str = "tav"
+    face_resize: str = "area"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        parse_modalities(self.modalities)
+
+
+_TINY = dict(d=32, nlayers=1, nheads=2, dim_feedforward=64, widths=TINY_VGG_WIDTHS, flatten_hidden=64,
+             text_model="minilm")
+
+
 class LateFusionModel(EmotionModel):
     """Text / visual / audio branches with linear heads and FE2E's weighted late fusion of their logits.
 
-    Subclasses pass factories for their visual and audio branches (modules mapping (inputs, lengths) ->
-    (B, d)); a factory is only called when its modality is in use. The text branch, heads, fusion and
-    parameter groups live here.
+    Subclasses override ``make_visual`` and ``make_audio`` (modules mapping (inputs, lengths) -> (B, d)); each
+    is only called when its modality is in use. The text branch, heads, fusion and parameter groups live here.
+    ``text_encoder`` may be passed ready-made (e.g. ``TextEncoder.tiny_random()`` in unit tests).
     """
 
-    name = "late-fusion"
+    config_class = FE2EConfig
+    config: FE2EConfig
 
-    def __init__(
-        self,
-        num_outputs: int,
-        *,
-        modalities: str,
-        d: int,
-        make_visual: Callable[[], nn.Module],
-        make_audio: Callable[[], nn.Module],
-        text_model: str | Path,
-        text_max_length: int,
-        text_lr_factor: float,
-        text_encoder: TextEncoder | None,
-    ) -> None:
-        super().__init__()
-        if text_lr_factor <= 0:
-            raise ValueError(f"text_lr_factor must be > 0, got {text_lr_factor}")
-        self.modalities = parse_modalities(modalities)
-        self.text_lr_factor = float(text_lr_factor)
+    def __init__(self, num_outputs: int, config: FE2EConfig | str | dict | None = None, *,
+                 text_encoder: TextEncoder | None = None, **overrides) -> None:
+        super().__init__(config, **overrides)
+        cfg = self.config
+        self.modalities = parse_modalities(cfg.modalities)
         self.num_outputs = num_outputs
         if "t" in self.modalities:
-            self.text_encoder = text_encoder or TextEncoder(text_model, max_length=text_max_length)
+            self.text_encoder = text_encoder or TextEncoder(cfg.text_model, max_length=cfg.text_max_length)
             self.t_out = nn.Linear(self.text_encoder.hidden_size, num_outputs)
         if "v" in self.modalities:
-            self.visual = make_visual()
-            self.v_out = nn.Linear(d, num_outputs)
+            self.visual = self.make_visual()
+            self.v_out = nn.Linear(cfg.d, num_outputs)
         if "a" in self.modalities:
-            self.audio = make_audio()
-            self.a_out = nn.Linear(d, num_outputs)
+            self.audio = self.make_audio()
+            self.a_out = nn.Linear(cfg.d, num_outputs)
         self.fusion = WeightedLateFusion(len(self.modalities)) if len(self.modalities) > 1 else None
+        if self.fusion is None:
+            # The unimodal baselines once had their own classes with a head called "head"; their checkpoints
+            # load into the one-modality FE2E unchanged.
+            self._register_load_state_dict_pre_hook(self._legacy_head_key)
+
+    def _legacy_head_key(self, state_dict, prefix, *_args) -> None:
+        _rename_prefixes(state_dict, prefix, {"head.": f"{self.modalities[0]}_out."})
+
+    def make_visual(self) -> nn.Module:
+        return VisualBranch(self.config, face_resize=self.config.face_resize)
+
+    def make_audio(self) -> nn.Module:
+        return AudioBranch(self.config)
 
     def lr_factors(self, text_lr_factor: float | None = None) -> dict[str, float]:
         """FE2E's groups: the text encoder and its head ``t_out`` at 1 / text_lr_factor, the rest at 1."""
         if "t" not in self.modalities:
             return {}
-        factor = self.text_lr_factor if text_lr_factor is None else float(text_lr_factor)
-        if factor <= 0:
-            raise ValueError(f"text_lr_factor must be > 0, got {factor}")
-        return {"text_encoder": 1.0 / factor, "t_out": 1.0 / factor}
+        slow = self.text_lr(text_lr_factor)
+        return {"text_encoder": slow, "t_out": slow}
 
     def modality_logits(self, batch: dict) -> dict[str, Tensor]:
         """{"text"|"visual"|"audio": (B, C)} for the modalities in use, in Dai's order."""
         heads: dict[str, Tensor] = {}
         device = self.device
+        name = self.registry_name
         if "t" in self.modalities:
-            heads["text"] = self.t_out(self.text_encoder(require(batch, "text", self.name)))
+            heads["text"] = self.t_out(self.text_encoder(require(batch, "text", name)))
         if "v" in self.modalities:
-            faces = require(batch, "faces", self.name).to(device)
-            heads["visual"] = self.v_out(self.visual(faces, require(batch, "face_lengths", self.name)))
+            faces = require(batch, "faces", name).to(device)
+            heads["visual"] = self.v_out(self.visual(faces, require(batch, "face_lengths", name)))
         if "a" in self.modalities:
-            audio = require(batch, "audio", self.name).to(device)
-            heads["audio"] = self.a_out(self.audio(audio, require(batch, "audio_lengths", self.name)))
+            audio = require(batch, "audio", name).to(device)
+            heads["audio"] = self.a_out(self.audio(audio, require(batch, "audio_lengths", name)))
         return heads
 
     def forward(self, batch: dict) -> dict[str, Tensor]:
@@ -142,52 +150,71 @@ class LateFusionModel(EmotionModel):
         return dict(zip(names, self.fusion.weights.weight.detach().reshape(-1).cpu().tolist()))
 
 
-@register(
-    "model",
-    "fe2e",
-    summary="FE2E: VGG CNNs on faces and mel pieces, CLS transformers, text CLS, weighted late fusion of logits",
-    modalities="text,visual,audio",
-    paper="Dai et al., NAACL 2021",
-    configs=FE2E_CONFIGS,
-)
+@register("model", "fe2e")
 class FE2E(LateFusionModel):
-    """FE2E (reference-spec §1.2); the constructor defaults are the paper's values (ALBERT-base-v2 text).
+    """FE2E: VGG CNNs on faces and mel pieces, CLS transformers, text CLS, weighted late fusion of logits."""
 
-    ``text_encoder`` may be passed ready-made (e.g. ``TextEncoder.tiny_random()`` in unit tests).
-    """
+    registry_name = "fe2e"
+    configs: ClassVar[dict[str, FE2EConfig]] = {"paper": FE2EConfig(), "tiny": FE2EConfig(**_TINY)}
 
-    name = "fe2e"
-
-    def __init__(
-        self,
-        num_outputs: int,
-        modalities: str = "tav",
-        d: int = 64,
-        nlayers: int = 4,
-        nheads: int = 4,
-        dim_feedforward: int = 2048,
-        dropout: float = 0.1,
-        widths: Sequence[int] = PAPER_VGG_WIDTHS,
-        flatten_hidden: int = 1024,
-        face_resize: str = "area",
-        text_model: str | Path = "albert-base-v2",
-        text_max_length: int = 100,
-        text_lr_factor: float = 10.0,
-        text_encoder: TextEncoder | None = None,
-    ) -> None:
-        seq = dict(d=d, nlayers=nlayers, nheads=nheads, dim_feedforward=dim_feedforward, dropout=dropout,
-                   widths=tuple(widths), flatten_hidden=flatten_hidden)
-        super().__init__(
-            num_outputs, modalities=modalities, d=d,
-            make_visual=lambda: VisualBranch(**seq, face_resize=face_resize), make_audio=lambda: AudioBranch(**seq),
-            text_model=text_model, text_max_length=text_max_length, text_lr_factor=text_lr_factor,
-            text_encoder=text_encoder,
-        )
+    @classmethod
+    def registry_meta(cls) -> dict:
+        return {**super().registry_meta(), "modalities": "text,visual,audio", "paper": "Dai et al., NAACL 2021"}
 
 
-def fusion_weights_table(models: dict[str, LateFusionModel]):
-    """Learned late-fusion weight of each modality, one row per model (a pandas DataFrame)."""
-    import pandas as pd
+class _OneModality(FE2E):
+    """FE2E restricted to one modality: that branch and its head, no fusion (the papers' unimodal rows)."""
 
-    rows = [{"run": name, **model.fusion_weights()} for name, model in models.items()]
-    return pd.DataFrame(rows).set_index("run")
+    modality: ClassVar[str]
+
+    @classmethod
+    def _unused_keys(cls) -> set[str]:
+        text = set(TextConfig.field_names())
+        return (set(FE2EConfig.field_names()) - text - {"modalities"}) if cls.modality == "t" else text
+
+    @classmethod
+    def resolve_config(cls, config=None, **overrides) -> FE2EConfig:
+        # The configuration is FE2E's; keys of the branches this model does not build are refused, not ignored.
+        given = set(overrides) | (set(config) if isinstance(config, Mapping) else set())
+        unused = sorted(given & cls._unused_keys())
+        if unused:
+            allowed = sorted(set(FE2EConfig.field_names()) - cls._unused_keys())
+            raise TypeError(f"model {cls.registry_name!r} does not take {unused}; it takes {allowed}")
+        resolved = super().resolve_config(config, **overrides)
+        if resolved.modalities != cls.modality:
+            raise ValueError(f"model {cls.registry_name!r} is FE2E with modalities={cls.modality!r}; "
+                             f"got modalities={resolved.modalities!r} (use model 'fe2e' for other subsets)")
+        return resolved
+
+    @classmethod
+    def registry_meta(cls) -> dict:
+        return {"configs": tuple(cls.configs), "modalities": HEAD_NAMES[cls.modality],
+                "paper": "Dai et al., NAACL 2021 (FE2E single branch)"}
+
+
+def _one_modality_configs(modality: str) -> dict[str, FE2EConfig]:
+    return {name: cfg.replace(modalities=modality) for name, cfg in FE2E.configs.items()}
+
+
+@register("model", "visual-only")
+class VisualOnly(_OneModality):
+    """FE2E visual branch alone: 48x48 faces -> VGG CNN -> CLS transformer -> linear head."""
+
+    registry_name, modality = "visual-only", "v"
+    configs = _one_modality_configs("v")
+
+
+@register("model", "audio-only")
+class AudioOnly(_OneModality):
+    """FE2E audio branch alone: 32-frame mel pieces -> VGG CNN -> CLS transformer -> linear head."""
+
+    registry_name, modality = "audio-only", "a"
+    configs = _one_modality_configs("a")
+
+
+@register("model", "text-only")
+class TextOnly(_OneModality):
+    """FE2E text branch alone: pretrained transformer [CLS] -> linear head, both at lr/text_lr_factor."""
+
+    registry_name, modality = "text-only", "t"
+    configs = _one_modality_configs("t")

@@ -1,4 +1,4 @@
-"""FV2ES's audio encoder: a NesT (Nested Hierarchical Transformer) over each mel piece (reference-spec §2.2).
+"""FV2ES's audio encoder: a NesT (Nested Hierarchical Transformer) over each mel piece (FV2ES, Sec. III-B).
 
 Each 1x128x32 power-mel piece (FE2E's ``MelPieces``) is reshaped row-major to 4x32x32: channel k holds mel bins
 32k..32k+31, each over the piece's 32 frames. So the token at grid position (r, c) sees mel bins r, 32+r, 64+r
@@ -20,7 +20,8 @@ The levels, ConvPool, block (un)folding and the local-attention transformer laye
 Linear(32768 -> 1024) -> ReLU -> Linear(1024 -> d) -> CLS transformer over the pieces of each utterance.
 
 ``nest_attention`` recomputes the per-block attention weights of every layer from a forward pass, and
-``spectrogram_attention`` maps them back onto the mel spectrogram of each utterance (for plots).
+``spectrogram_attention`` maps them back onto the mel spectrogram of each utterance (plotted by
+``emolib.recipes.fv2es``).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from timm.layers import LayerNorm, trunc_normal_
 from timm.models.nest import NestLevel
 from torch import Tensor, nn
 
-from emolib.models.blocks import ClsTransformerEncoder, FlattenMLP, MelPieces, SequenceEncoding
+from emolib.models.blocks import MelPieces, SequenceBranch
+from emolib.models.config import SequenceConfig
 
 NEST_PAPER = {"embed_dims": (128, 256, 512), "num_heads": (4, 8, 16), "depths": (2, 2, 20),
               "drop_path_rate": 0.5}
@@ -137,43 +139,38 @@ class NestEncoder(nn.Module):
         return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
-class NestAudioBranch(nn.Module):
+class NestPieces(MelPieces):
+    """FE2E's mel pieces reshaped for NesT: (sum_i P_i, 4, 32, 32) and pieces per utterance (B,)."""
+
+    def __init__(self, sample_rate: int = 16000) -> None:
+        super().__init__(sample_rate=sample_rate)
+        if (self.n_mels, self.piece_frames) != (PIECE_MELS, PIECE_FRAMES):
+            raise ValueError("the NesT audio branch is built for 128 x 32 mel pieces")
+
+    def mel_pieces(self, audio: Tensor, audio_lengths: Tensor | Sequence[int]) -> tuple[Tensor, Tensor]:
+        """The (sum_i P_i, 1, 128, 32) pieces before the reshape (for plots)."""
+        return super().forward(audio, audio_lengths)
+
+    def forward(self, audio: Tensor, audio_lengths: Tensor | Sequence[int]) -> tuple[Tensor, Tensor]:
+        pieces, piece_lengths = self.mel_pieces(audio, audio_lengths)
+        return pieces_to_nest_input(pieces), piece_lengths
+
+
+class NestAudioBranch(SequenceBranch):
     """FV2ES audio encoder: MelPieces -> 4x32x32 -> NesT -> Linear(32768 -> 1024 -> d) -> CLS transformer."""
 
     def __init__(
         self,
-        d: int = 64,
-        nlayers: int = 4,
-        nheads: int = 4,
-        dim_feedforward: int = 2048,
-        dropout: float = 0.1,
-        flatten_hidden: int = 1024,
+        config: SequenceConfig,
         nest_dims: Sequence[int] = NEST_PAPER["embed_dims"],
         nest_heads: Sequence[int] = NEST_PAPER["num_heads"],
         nest_depths: Sequence[int] = NEST_PAPER["depths"],
         nest_drop_path: float = NEST_PAPER["drop_path_rate"],
         sample_rate: int = 16000,
     ) -> None:
-        super().__init__()
-        self.prep = MelPieces(sample_rate=sample_rate)
-        if (self.prep.n_mels, self.prep.piece_frames) != (PIECE_MELS, PIECE_FRAMES):
-            raise ValueError("the NesT audio branch is built for 128 x 32 mel pieces")
-        self.nest = NestEncoder(4, 32, nest_dims, nest_heads, nest_depths, drop_path_rate=nest_drop_path)
-        self.flatten = FlattenMLP(self.nest.flat_features, flatten_hidden, d)
-        self.transformer = ClsTransformerEncoder(d, nlayers, nheads, dim_feedforward, dropout)
-        self.d = d
-
-    def pieces(self, audio: Tensor, audio_lengths: Tensor | Sequence[int]) -> tuple[Tensor, Tensor]:
-        """NesT inputs (sum_i P_i, 4, 32, 32) and pieces per utterance (B,)."""
-        pieces, piece_lengths = self.prep(audio, audio_lengths)
-        return pieces_to_nest_input(pieces), piece_lengths
-
-    def forward(
-        self, audio: Tensor, audio_lengths: Tensor | Sequence[int], return_sequence: bool = False
-    ) -> Tensor | SequenceEncoding:
-        x, piece_lengths = self.pieces(audio, audio_lengths)
-        feats = self.nest(x).flatten(1)
-        return self.transformer(self.flatten(feats), piece_lengths, return_sequence=return_sequence)
+        prep = NestPieces(sample_rate=sample_rate)
+        nest = NestEncoder(4, 32, nest_dims, nest_heads, nest_depths, drop_path_rate=nest_drop_path)
+        super().__init__(prep, nest, nest.flat_features, config.flatten_hidden, config)
 
 
 # ------------------------------------------------------------------------------------------- attention maps
@@ -250,14 +247,15 @@ def spectrogram_attention(branch: NestAudioBranch, audio: Tensor, audio_lengths:
     """
     device = next(branch.parameters()).device
     audio = audio.to(device)
-    pieces, lengths = branch.prep(audio, audio_lengths)
+    nest = branch.backbone
+    pieces, lengths = branch.prep.mel_pieces(audio, audio_lengths)
     x = pieces_to_nest_input(pieces)
-    maps = [a for a in nest_attention(branch.nest, x) if a.level == level]
+    maps = [a for a in nest_attention(nest, x) if a.level == level]
     if not maps:
-        raise ValueError(f"the NesT has {len(branch.nest.levels)} levels; level {level} does not exist")
-    side = branch.nest.img_size // 2 ** level
-    grid = torch.stack([_received_attention_grid(a, side, branch.nest.block_size) for a in maps]).mean(0)
-    scale = branch.nest.img_size // side
+        raise ValueError(f"the NesT has {len(nest.levels)} levels; level {level} does not exist")
+    side = nest.img_size // 2 ** level
+    grid = torch.stack([_received_attention_grid(a, side, nest.block_size) for a in maps]).mean(0)
+    scale = nest.img_size // side
     grid = grid.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)  # (N, 32, 32)
     channels = x.shape[1]
     # Token (r, c) covers mel bins {32k + r} at frame c: repeat the 32-row map for each of the 4 mel bands.
@@ -267,24 +265,3 @@ def spectrogram_attention(branch: NestAudioBranch, audio: Tensor, audio_lengths:
         specs.append(torch.cat(list(spec_p), dim=-1).cpu())
         atts.append(torch.cat(list(att_p), dim=-1).cpu())
     return SpectrogramAttention(specs, atts, level)
-
-
-def plot_spectrogram_attention(result: SpectrogramAttention, index: int = 0, title: str = ""):
-    """Log-power mel spectrogram of utterance ``index`` above its NesT attention map (a matplotlib figure)."""
-    import matplotlib.pyplot as plt
-
-    spec = torch.log10(result.spectrogram[index] + 1e-10).numpy()
-    att = result.attention[index].numpy()
-    fig, axes = plt.subplots(2, 1, figsize=(8, 5), sharex=True)
-    for ax, data, label in ((axes[0], spec, "log10 power"), (axes[1], att, "received attention")):
-        im = ax.imshow(data, origin="lower", aspect="auto", interpolation="nearest")
-        fig.colorbar(im, ax=ax, label=label)
-        ax.set_ylabel("mel bin")
-    pieces = spec.shape[1] // PIECE_FRAMES
-    for ax in axes:
-        for p in range(1, pieces):
-            ax.axvline(p * PIECE_FRAMES - 0.5, color="white", linewidth=0.8)
-    axes[1].set_xlabel("frame (12.5 ms hop; white lines separate 32-frame pieces)")
-    axes[0].set_title(title or f"NesT level {result.level + 1} attention over the spectrogram")
-    fig.tight_layout()
-    return fig

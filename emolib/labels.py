@@ -1,4 +1,4 @@
-"""Label sets and their orders, as the papers' code uses them (reference-spec §0)."""
+"""Label sets and their orders, as the papers' code uses them (a leaf module: data, metrics and losses import it)."""
 
 from __future__ import annotations
 

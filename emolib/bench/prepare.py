@@ -1,53 +1,17 @@
-"""Benchmarks (``make bench`` / ``python -m emolib.bench [name ...]``), each writing ``results/bench/<name>.json``.
-
-Every record states the hardware it ran on. Compare ratios measured in one run, not absolute times across
-machines.
-
-- ``fv2es``: FV2ES visual-branch latency multi-branch vs re-parameterised, and clips/s of the in-model
-  preprocessing pipeline vs a two-stage pipeline that writes frames and audio to disk (``emolib.bench_fv2es``).
-- ``prepare``: the preprocessing engine on the synthetic CMU-MOSEI release: utterances/s, MTCNN frames/s batched
-  vs one by one, peak RSS, and cache bytes per utterance vs a Dai-style dump (every video frame of the clip as a
-  JPEG plus the wav) of the same clips, with an extrapolation to the full CMU-MOSEI (~23k utterances).
-"""
+"""Benchmark of the preprocessing engine on the synthetic CMU-MOSEI release: utterances/s, MTCNN frames/s
+batched vs one by one, peak RSS, and cache bytes per utterance vs a Dai-style dump (every video frame of the clip
+as a JPEG plus the wav) of the same clips, with an extrapolation to the full CMU-MOSEI (~23k utterances)."""
 
 from __future__ import annotations
 
-import argparse
 import io
-import os
-import platform
-import resource
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from emolib.io import write_json
+from emolib.bench.common import hardware, peak_rss_bytes
 
-BENCH_DIR = Path("results") / "bench"
 FULL_MOSEI_UTTERANCES = 23453
-
-
-def hardware() -> dict[str, Any]:
-    import torch
-
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
-    }
-
-
-def _peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _dai_dump_bytes(sources, quality: int = 95) -> int:
@@ -106,7 +70,7 @@ def bench_prepare(workdir: Path) -> dict[str, Any]:
         "frames": report.face_stats["frames"],
         "face_rate": report.face_stats["face_rate"],
         "mtcnn": mtcnn,
-        "peak_rss_bytes": _peak_rss_bytes(),
+        "peak_rss_bytes": peak_rss_bytes(),
         "cache_bytes_per_utterance": round(ours_per_utt),
         "dai_style_dump_bytes_per_utterance": round(dai_bytes),
         "dump_over_cache_ratio": round(dai_bytes / ours_per_utt, 2),
@@ -119,35 +83,3 @@ def bench_prepare(workdir: Path) -> dict[str, Any]:
                       "both rates and sizes scale with clip length and resolution",
         },
     }
-
-
-def _bench_fv2es(workdir: Path) -> dict[str, Any]:
-    from emolib.bench_fv2es import bench_fv2es
-
-    return bench_fv2es(workdir)
-
-
-BENCHMARKS: dict[str, Callable[[Path], dict[str, Any]]] = {"prepare": bench_prepare, "fv2es": _bench_fv2es}
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m emolib.bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("names", nargs="*", help=f"benchmarks to run: {', '.join(BENCHMARKS)} (default: all)")
-    parser.add_argument("--out", default=str(BENCH_DIR))
-    args = parser.parse_args(argv)
-    unknown = [n for n in args.names if n not in BENCHMARKS]
-    if unknown:
-        parser.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
-    for name in args.names or list(BENCHMARKS):
-        with tempfile.TemporaryDirectory(prefix=f"emolib-bench-{name}-") as tmp:
-            result = BENCHMARKS[name](Path(tmp))
-        path = Path(args.out) / f"{name}.json"
-        write_json(path, result)
-        print(f"{name}: {path}")
-        print({k: v for k, v in result.items() if k not in ("hardware",)})
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""Benchmark of FV2ES's two efficiency claims (reference-spec §2.5), on synthetic CMU-MOSEI videos.
+"""Benchmark of FV2ES's two efficiency claims (FV2ES, arXiv 2209.10170, Sec. I and IV), on synthetic CMU-MOSEI videos.
 
 1. *Multi-branch training, single-branch inference*: latency of the visual branch (RepVGG CNN alone and the
    whole branch up to the CLS vector) in the multi-branch form and after ``fuse()``, parameter counts, and the
@@ -29,12 +29,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from emolib.bench.common import hardware
+
 GRID_EPS = 1e-6
 
 
 def _visual_latency(size: str, device: torch.device, batch: int, repeats: int) -> dict[str, Any]:
     from emolib.models import build_model
-    from emolib.models.fv2es import FV2ES, count_parameters, reparameterisation_report
+    from emolib.models.blocks import count_parameters
+    from emolib.models.fv2es import FV2ES
+    from emolib.recipes.fv2es import reparameterisation_report
 
     torch.manual_seed(0)
     model: FV2ES = build_model("fv2es", size, num_outputs=6, modalities="v").to(device)
@@ -42,10 +46,10 @@ def _visual_latency(size: str, device: torch.device, batch: int, repeats: int) -
     _warm_bn(branch, device)
     faces = torch.randint(0, 256, (batch, 3, 48, 48), dtype=torch.uint8, device=device)
     lengths = torch.full((batch // 8,), 8, dtype=torch.long)
-    cnn = reparameterisation_report(branch.cnn, branch.prep(faces), repeats=repeats)
+    cnn = reparameterisation_report(branch.backbone, branch.prep(faces), repeats=repeats)
     multi = copy.deepcopy(branch).eval()
     fused = copy.deepcopy(branch).eval()
-    fused.cnn.fuse()
+    fused.backbone.fuse()
     with torch.no_grad():
         t_multi, out_multi = _time(lambda: multi(faces, lengths), device, repeats)
         t_fused, out_fused = _time(lambda: fused(faces, lengths), device, repeats)
@@ -182,8 +186,9 @@ def _decode_and_detect_seconds(sources, pipeline) -> float:
 
 
 def _parameter_counts() -> dict[str, Any]:
-    """Paper-size parameter counts against the spec's arithmetic (reference-spec §1.2, §2.2). ALBERT-base is not
-    available offline, so its count (with the pooler FE2E keeps) is added from the spec."""
+    """Paper-size parameter counts against the counts computed from the papers' architectures (FE2E 36.8 M,
+    FV2ES 121 M with ALBERT-base). ALBERT-base is not available offline, so its count (with the pooler FE2E keeps,
+    11,683,584) is added."""
     from emolib.models import build_model
     from emolib.models.text import TextEncoder
 
@@ -200,7 +205,7 @@ def _parameter_counts() -> dict[str, Any]:
 
 def _pipeline_throughput(workdir: Path, size: str, device: torch.device, n_clips: int) -> dict[str, Any]:
     from emolib.data import get_adapter
-    from emolib.data.labels import MOSEI_EMOTIONS
+    from emolib.labels import MOSEI_EMOTIONS
     from emolib.data.prepare import PrepareParams
     from emolib.data.release import synthesize_release
     from emolib.models import build_model
@@ -250,8 +255,6 @@ def _pipeline_throughput(workdir: Path, size: str, device: torch.device, n_clips
 def bench_fv2es(workdir: Path, *, size: str | None = None, n_clips: int = 16, batch_faces: int = 64,
                 repeats: int = 5, device: str | None = None) -> dict[str, Any]:
     """Re-parameterisation latency and in-model vs two-stage preprocessing throughput (module docstring)."""
-    from emolib.bench import hardware
-
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     size = size or ("paper" if dev.type == "cuda" else "tiny")
     workdir = Path(workdir)
