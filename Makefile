@@ -7,7 +7,7 @@ KERNEL  := emo
 STAMP   := $(VENV)/.emolib-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup reproduce test test-all lab bench list clean-results
+.PHONY: setup reproduce test test-all lint lab bench list clean-results
 
 setup: $(STAMP)
 
@@ -28,6 +28,10 @@ reproduce: $(STAMP)
 test: $(STAMP)
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests"; exit 1; fi; exit $$rc
+
+# ruff, configured in pyproject.toml; CI runs it before the tests.
+lint: $(STAMP)
+	$(BIN)/ruff check emolib tests
 
 test-all: $(STAMP)
 	@$(MAKE) --no-print-directory test PYTEST_ARGS="-m 'slow or not slow' $(PYTEST_ARGS)"

@@ -7,9 +7,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from emolib.data.cache import Cache
 from emolib.data.dataset import CachedDataset, FrameOptions, collate

@@ -9,7 +9,7 @@ IEMOCAP_OTHER = ("xxx", "sur", "fea", "dis", "oth")
 
 # Dai's order of the MOSEI 6-vector; the raw MTurk CSV columns are "Answer.<name>".
 MOSEI_EMOTIONS = ("anger", "disgust", "fear", "happiness", "sadness", "surprise")
-# E2EMAL / CMU SDK order of the same six emotions (reference-spec §0.4).
+# E2EMAL / CMU SDK order of the same six emotions (th2l/E2EMAL src/CMU-MOSEI/split_video.py, label_parsing).
 MOSEI_EMOTIONS_SDK = ("happiness", "sadness", "anger", "surprise", "disgust", "fear")
 
 # CH-SIMS regression targets: multimodal label and the three unimodal annotations.

@@ -1,4 +1,4 @@
-"""Metric protocols of the reproduced papers (reference-spec §1.5, §3.5, §4.5 and §5).
+"""Metric protocols of the reproduced papers (each protocol's ``paper`` and ``source`` name where it comes from).
 
 A *protocol* fixes everything between a model's raw outputs and the numbers in a results table: how
 outputs become decisions (sigmoid + a threshold tuned on valid, or a fixed one; clipping for regression),
@@ -433,40 +433,48 @@ def _degenerate_class_notes(c: Counts, names: list[str], metrics: tuple[str, ...
     return notes
 
 
+class DaiProtocol(ClassificationProtocol):
+    """Dai's evaluation: per-class thresholds tuned on valid, an accuracy-like metric (``accuracy_key``, computed
+    by ``accuracy_fn``), binary positive-class F1, precision and recall. The epoch with the best valid average
+    F1 is kept (``src/trainers/emotiontrainer.py``)."""
+
+    needs_thresholds = True
+    paper = "Dai et al. 2021 (NAACL)"
+    select_key = "f1"
+    accuracy_key: str = ""
+    accuracy_fn = staticmethod(accuracy)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.metrics = (cls.accuracy_key, "f1", "precision", "recall", "auc")
+        cls.headline = (cls.accuracy_key, "f1")
+
+    def class_metrics(self, c: Counts) -> dict[str, np.ndarray]:
+        return {self.accuracy_key: self.accuracy_fn(c), "f1": binary_f1(c), "precision": precision(c),
+                "recall": recall(c)}
+
+
 @register("protocol", "dai-iemocap")
-class DaiIemocap(ClassificationProtocol):
+class DaiIemocap(DaiProtocol):
     """Dai's eval_iemocap as of the 2022 fix: plain accuracy, binary positive-class F1, precision, recall."""
 
     name = "dai-iemocap"
     summary = "Dai et al. IEMOCAP: valid-tuned per-class threshold, plain accuracy + binary F1"
-    paper = "Dai et al. 2021 (NAACL)"
     source = "wenliangdai/Multimodal-End2end-Sparse src/evaluate.py eval_iemocap (HEAD 0727085)"
-    needs_thresholds = True
-    metrics = ("acc", "f1", "precision", "recall", "auc")
-    headline = ("acc", "f1")
-    # Dai keeps the epoch with the best valid average F1 (§1.4).
-    select_key = "f1"
-
-    def class_metrics(self, c: Counts) -> dict[str, np.ndarray]:
-        return {"acc": accuracy(c), "f1": binary_f1(c), "precision": precision(c), "recall": recall(c)}
+    accuracy_key = "acc"
+    accuracy_fn = staticmethod(accuracy)
 
 
 @register("protocol", "dai-mosei")
-class DaiMosei(ClassificationProtocol):
+class DaiMosei(DaiProtocol):
     """The protocol of Dai's MOSEI table: Dai thresholds, wA = (TP*N/P + TN)/(2N), binary F1."""
 
     name = "dai-mosei"
     summary = "Dai et al. CMU-MOSEI: valid-tuned per-class threshold, weighted accuracy + binary F1"
-    paper = "Dai et al. 2021 (NAACL)"
     source = ("wenliangdai/Multimodal-End2end-Sparse src/evaluate.py: weighted_acc of release efe8dc3 + "
               "eval_iemocap thresholds")
-    needs_thresholds = True
-    metrics = ("wacc", "f1", "precision", "recall", "auc")
-    headline = ("wacc", "f1")
-    select_key = "f1"
-
-    def class_metrics(self, c: Counts) -> dict[str, np.ndarray]:
-        return {"wacc": weighted_accuracy(c), "f1": binary_f1(c), "precision": precision(c), "recall": recall(c)}
+    accuracy_key = "wacc"
+    accuracy_fn = staticmethod(weighted_accuracy)
 
 
 @register("protocol", "e2emal")
@@ -485,7 +493,7 @@ class E2emal(ClassificationProtocol):
     needs_thresholds = False
     metrics = ("wacc", "f1", "auc")
     headline = ("wacc", "f1")
-    # E2EMAL keeps the checkpoint with the best val_wAcc (§3.4).
+    # E2EMAL keeps the checkpoint with the best val_wAcc (th2l/E2EMAL src/CMU-MOSEI/main.py, ModelCheckpoint).
     select_key = "wacc"
 
     def class_metrics(self, c: Counts) -> dict[str, np.ndarray]:
@@ -517,7 +525,7 @@ class Sims(Protocol):
     needs_thresholds = False
     metrics = ("acc2", "f1", "mae", "corr")
     headline = ("acc2", "f1", "mae", "corr")
-    # khanhnd185's SimsTrainer selects on valid F1 (§4.4).
+    # khanhnd185's SimsTrainer selects on valid F1 (khanhnd185/EmoMBT src/trainers/emotiontrainer.py).
     select_key = "f1"
     lower_is_better = frozenset({"mae"})
 

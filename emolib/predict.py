@@ -1,6 +1,7 @@
 """FV2ES-style inference with the preprocessing inside the pipeline: raw video (+ transcript) in, emotions out.
 
-FV2ES's inference system (reference-spec §2.4) reads a dialog's video and audio, slices the utterances, samples
+FV2ES's inference system (``MultimodalAffectiveComputing/FV2ES: FV2ES/V2EM_prediction/``) reads a dialog's
+video and audio, slices the utterances, samples
 frames every 500 ms, detects faces, computes the mel spectrogram and tokenises the transcript in memory, runs
 the (RepVGG-fused) model and averages the sigmoid scores over the utterances of the video. ``FV2ESPipeline``
 does the same for any checkpoint of a registered model trained by ``emolib.train``:
@@ -134,7 +135,7 @@ def load_checkpoint(path: str | os.PathLike, *, record: str | os.PathLike | Mapp
         raise ValueError(f"{ckpt}: run record lacks {err} (needs model, class_names, params.model)") from None
     try:
         saved = torch.load(ckpt, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means the same to the user
+    except Exception as err:
         raise ValueError(f"{ckpt}: cannot read checkpoint ({type(err).__name__}: {err})") from err
     if not isinstance(saved, dict) or "model" not in saved:
         raise ValueError(f"{ckpt}: not an emolib checkpoint (no 'model' state dict)")

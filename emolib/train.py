@@ -2,7 +2,9 @@
 metric protocol, best-epoch selection, early stopping, exact resume, and the run record.
 
 It runs on HF accelerate, so one code path serves a CPU, one GPU, or several GPUs (``accelerate launch``).
-The papers' loop (reference-spec §1.4, §2.3, §3.4, §4.4) is, per epoch:
+The papers' loop (``src/trainers/emotiontrainer.py`` of ``wenliangdai/Multimodal-End2end-Sparse`` and of
+``khanhnd185/EmoMBT``, ``V2EM/src/trainers/r_emotiontrainer.py`` of ``MultimodalAffectiveComputing/FV2ES``) is,
+per epoch:
 
     train -> valid (thresholds chosen on valid) -> test (with the valid thresholds) -> select on valid
 
@@ -35,7 +37,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,7 @@ from tqdm import tqdm
 
 import emolib
 from emolib.io import atomic_path
+from emolib.models.config import check_text_lr_factor
 from emolib.records import SCHEMA_VERSION, environment_info, git_commit, to_builtin, write_record
 
 log = logging.getLogger(__name__)
@@ -115,8 +118,10 @@ class TrainConfig:
             p.append("lr must be > 0")
         if self.weight_decay < 0:
             p.append("weight_decay must be >= 0")
-        if self.text_lr_factor <= 0:
-            p.append("text_lr_factor must be > 0")
+        try:
+            check_text_lr_factor(self.text_lr_factor)
+        except (TypeError, ValueError) as err:
+            p.append(str(err))
         if any(not (f > 0 and math.isfinite(f)) for f in self.lr_factors.values()):
             p.append("lr_factors values must be finite and > 0")
         if self.scheduler not in ("none", "cosine"):
@@ -550,7 +555,7 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         # Our own file; it holds python/numpy RNG states, which the weights-only unpickler rejects.
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to the user
+    except Exception as err:
         raise ValueError(f"{path}: cannot read checkpoint ({type(err).__name__}: {err}); "
                          f"delete it or pass resume=False") from err
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
@@ -643,7 +648,7 @@ def build_record(*, run_info: Mapping[str, Any], config: TrainConfig, dataset_na
         "peak_memory_kind": kind,
         "n_params": n_params,
         "n_trainable_params": n_trainable,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "emolib_version": emolib.__version__,
         "git_commit": git_commit(),
         "extra": extra,

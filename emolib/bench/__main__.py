@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from emolib.bench.common import BENCH_DIR
 from emolib.io import write_json

@@ -205,9 +205,9 @@ def _parameter_counts() -> dict[str, Any]:
 
 def _pipeline_throughput(workdir: Path, size: str, device: torch.device, n_clips: int) -> dict[str, Any]:
     from emolib.data import get_adapter
-    from emolib.labels import MOSEI_EMOTIONS
     from emolib.data.prepare import PrepareParams
     from emolib.data.release import synthesize_release
+    from emolib.labels import MOSEI_EMOTIONS
     from emolib.models import build_model
     from emolib.predict import FV2ESPipeline
 

@@ -26,7 +26,7 @@ def is_synthetic(root: Path) -> bool:
     return (Path(root) / MANIFEST_NAME).is_file()
 
 
-def get_adapter(name: str) -> "Adapter":
+def get_adapter(name: str) -> Adapter:
     from emolib.registry import get
 
     return get("dataset", name)()
@@ -134,7 +134,8 @@ class Adapter:
         if not sources:
             raise ValueError(f"{root}: no utterances found for {self.name} (run `emolib verify --dataset "
                              f"{self.name} {root}` to see what is missing)")
-        extra = {"source_root": str(Path(root).resolve()), "synthetic": is_synthetic(root), "options": {k: str(v) for k, v in options.items()},
+        extra = {"source_root": str(Path(root).resolve()), "synthetic": is_synthetic(root),
+                 "options": {k: str(v) for k, v in options.items()},
                  **self.extra_provenance(root, sources, out, **options)}
         return prepare_sources(sources, out, dataset=self.name, label_names=self.label_names, task=self.task,
                                params=params, shard=shard, problems=problems, extra_provenance=extra,

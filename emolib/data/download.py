@@ -28,15 +28,15 @@ import os
 import posixpath
 import re
 import shutil
-import socket
 import stat
 import tarfile
 import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import yaml
 from tqdm.auto import tqdm
@@ -177,7 +177,7 @@ def _transfer(
             return _transfer(url, part, progress=progress, timeout=timeout, headers=headers, label=label)
         exc.close()
         raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}") from exc
-    except (urllib.error.URLError, socket.timeout, OSError) as exc:
+    except (TimeoutError, urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise DownloadError(f"{url}: cannot connect: {reason}") from exc
 
@@ -224,7 +224,7 @@ def _stream_body(
                 fh.write(block)
                 written += len(block)
                 bar.update(len(block))
-        except (socket.timeout, TimeoutError) as exc:
+        except TimeoutError as exc:
             raise DownloadError(
                 f"{url}: read timed out after {timeout} s at byte {written}; run again to resume"
             ) from exc
@@ -276,7 +276,7 @@ class Manifest:
     entries: tuple[ManifestEntry, ...]
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | list, *, source: str = "<manifest>") -> "Manifest":
+    def from_dict(cls, data: Mapping[str, Any] | list, *, source: str = "<manifest>") -> Manifest:
         if isinstance(data, Mapping):
             if "files" not in data:
                 raise ValueError(f"{source}: manifest needs a 'files' list")
@@ -294,7 +294,7 @@ class Manifest:
         return cls(entries)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Manifest":
+    def load(cls, path: str | os.PathLike) -> Manifest:
         """Read a manifest from ``.json`` or ``.yaml`` / ``.yml``."""
         path = Path(path)
         if not path.is_file():

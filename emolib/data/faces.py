@@ -7,7 +7,7 @@ equally sized frames, keeps the largest face whose probability is at least ``min
 
 * ``crop="mtcnn"``: facenet's own crop (box plus ``margin`` pixels of the output size, resized to a square
   with area interpolation) — identical to calling ``MTCNN(...)(frames)``.
-* ``crop="aspect"``: E2EMAL (§3.1): the box clipped to the frame, without margin, resized so that its
+* ``crop="aspect"``: E2EMAL's crop: the box clipped to the frame, without margin, resized so that its
   longer side is ``size`` with nearest neighbour, centred on a zero ``size``×``size`` canvas
   (:func:`aspect_pad_48`). Use ``min_conf=0.65, fallback="black", size=48`` for E2EMAL; the 0.5 frame
   downscale E2EMAL applies before detection is the caller's choice. E2EMAL ranks faces by clipped box area
@@ -32,7 +32,7 @@ import dataclasses
 import math
 import time
 from collections import defaultdict
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -2,7 +2,7 @@
 
 The synthetic generator (``emolib.data.synthetic``) writes its miniature releases with the ``format_*``
 functions below and the preprocessing code reads real and synthetic releases with the ``parse_*`` functions,
-so both sides agree on one definition of each layout (reference-spec §0.1.1, §0.1.3, §0.3):
+so both sides agree on one definition of each layout:
 
 * IEMOCAP ``Session*/dialog/EmoEvaluation/<dialog>.txt``: a ``%`` header, then blank-line separated blocks
   whose first line is ``[start - end]<TAB>utt_id<TAB>label<TAB>[V, A, D]`` followed by evaluator lines
@@ -34,8 +34,9 @@ import csv
 import io
 import os
 import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, NamedTuple, Sequence
+from typing import NamedTuple
 
 from emolib.labels import IEMOCAP_CLASSES, IEMOCAP_OTHER, MOSEI_EMOTIONS, SPLITS
 
@@ -191,8 +192,9 @@ def iemocap_dialog(utt_id: str) -> str:
 
 
 def iemocap_use_left(utt_id: str) -> bool:
-    """Dai's speaker-side rule (§0.1.1): left image half / channel 0 iff the session's gender letter equals
-    the speaker letter of the utterance (``Ses01F_..._F000`` -> left, ``Ses01F_..._M000`` -> right)."""
+    """Dai's speaker-side rule (``IEMOCAP.use_left`` in ``wenliangdai/Multimodal-End2end-Sparse: src/datasets.py``):
+    left image half / channel 0 iff the session's gender letter equals the speaker letter of the utterance
+    (``Ses01F_..._F000`` -> left, ``Ses01F_..._M000`` -> right)."""
     match = _iemocap_match(utt_id)
     return match.group("session")[-1] == match.group("gender")
 

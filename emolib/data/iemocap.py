@@ -1,4 +1,5 @@
-"""IEMOCAP: the original release and Dai's processed layout (reference-spec §0.1.1, §0.1.2, §1.1).
+"""IEMOCAP: the original release and Dai's processed layout (written by
+``wenliangdai/Multimodal-End2end-Sparse: preprocessing/preprocess_iemocap.ipynb``, read by ``src/datasets.py``).
 
 Original release (gated; the user brings the copy)::
 
@@ -34,14 +35,15 @@ from emolib.data.formats import (
     parse_iemocap_evaluation,
     parse_iemocap_transcription,
 )
-from emolib.labels import IEMOCAP_CLASSES
 from emolib.data.prepare import UtteranceSource
 from emolib.data.splits import random_split, read_split_dir, write_split_dir
+from emolib.labels import IEMOCAP_CLASSES
 from emolib.registry import register
 
 DAI_PROCESSED = "IEMOCAP_RAW_PROCESSED"
 DAI_SPLIT = "IEMOCAP_SPLIT"
-# Counts of the full release (reference-spec §0.1.2); checked by verify() on a non-synthetic copy.
+# Counts of the full release (7380 = the ids in Dai's split files,
+# wenliangdai/Multimodal-End2end-Sparse "data split/IEMOCAP_split/"); checked by verify() on a non-synthetic copy.
 FULL_RELEASE = {"sessions": 5, "utterances_6class": 7380}
 _IMAGE = re.compile(r"^image_(?P<side>[LR])_(?P<i>\d+)\.jpg$")
 
@@ -58,7 +60,8 @@ class IemocapAdapter(Adapter):
     label_names = IEMOCAP_CLASSES
     protocols = (
         ProtocolUse("dai-iemocap", "primary: the protocol of Dai et al.'s IEMOCAP table (plain accuracy + binary F1)"),
-        ProtocolUse("e2emal", "E2EMAL's metric definitions (0.5 threshold, wA, weighted F1); E2EMAL did not use IEMOCAP"),
+        ProtocolUse("e2emal", "E2EMAL's metric definitions (0.5 threshold, wA, weighted F1); E2EMAL did not use "
+                              "IEMOCAP"),
     )
     download_help = ("IEMOCAP is gated: request it from USC SAIL (https://sail.usc.edu/iemocap/), then point "
                      "prepare/verify at the folder holding Session1..Session5.")

@@ -26,8 +26,8 @@ import dataclasses
 import logging
 import math
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import av
 import numpy as np
@@ -378,7 +378,7 @@ def read_audio_multi(
         with _decode_errors(path):
             total = _collect_audio(container, stream, rate, bounds, pieces)
     out = []
-    for (start, end), (a, b), parts in zip(segs, bounds, pieces):
+    for (start, end), (_, b), parts in zip(segs, bounds, pieces):
         data = np.concatenate(parts, axis=1) if parts else np.zeros((n_channels, 0), np.float32)
         needed = max(min_samples, 1)
         if data.shape[1] < needed:

@@ -1,4 +1,5 @@
-"""CMU-MOSEI: the raw release and Dai's processed layout (reference-spec §0.1.3, §0.1.4, §0.4).
+"""CMU-MOSEI: the raw release and Dai's processed layout (written by
+``wenliangdai/Multimodal-End2end-Sparse: preprocessing/preprocess_mosei.ipynb``).
 
 Raw release::
 
@@ -32,9 +33,9 @@ from typing import Any
 
 from emolib.data.adapter import Adapter, ProtocolUse, VerifyReport, is_synthetic, problem_dicts
 from emolib.data.formats import LineProblem, aggregate_mosei_labels, parse_mosei_labels, parse_mosei_transcript
-from emolib.labels import MOSEI_EMOTIONS
 from emolib.data.prepare import UtteranceSource
 from emolib.data.splits import mosei_sdk_folds, read_mosei_folds, read_split_dir, write_split_dir
+from emolib.labels import MOSEI_EMOTIONS
 from emolib.registry import register
 
 DAI_PROCESSED = "MOSEI_RAW_PROCESSED"
@@ -74,11 +75,10 @@ class MoseiAdapter(Adapter):
         audios = {p.stem for p in (root / "Audio/WAV_16000").glob("*.wav")}
         texts = {p.stem for p in (root / "Transcript/Combined").glob("*.txt")}
         report.counts.update(videos=len(videos), audio=len(audios), transcripts=len(texts))
-        for folder, have in (("Videos/Full/Combined", videos), ("Audio/WAV_16000", audios),
-                             ("Transcript/Combined", texts)):
+        for folder in ("Videos/Full/Combined", "Audio/WAV_16000", "Transcript/Combined"):
             if not (root / folder).is_dir():
                 report.missing.append(f"{root / folder}/")
-        for vid in sorted((videos | audios | texts)):
+        for vid in sorted(videos | audios | texts):
             for folder, have, ext in (("Videos/Full/Combined", videos, "mp4"), ("Audio/WAV_16000", audios, "wav"),
                                       ("Transcript/Combined", texts, "txt")):
                 if vid not in have:

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from emolib.data.adapter import Adapter, ProtocolUse, VerifyReport
-from emolib.labels import SPLITS
 from emolib.data.prepare import UtteranceSource
 from emolib.data.splits import random_split
+from emolib.labels import SPLITS
 from emolib.registry import register
 
 _ID = re.compile(r"^[A-Za-z0-9_.-]+$")

@@ -1,4 +1,5 @@
-"""A synthetic raw release ready for ``prepare``: the generator's files plus the fold file a real copy takes from the SDK.
+"""A synthetic raw release ready for ``prepare``: the generator's files plus the fold file a real copy takes
+from the SDK.
 
 ``synthesize_release`` runs ``emolib.data.synthetic.synthesize`` and adds
 - CMU-MOSEI ``folds.json``: a seeded video-disjoint 70/10/20 fold file in the format ``prepare`` accepts, standing

@@ -24,8 +24,9 @@ import _compat_pickle
 import io
 import os
 import pickle
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 __all__ = [
     "BASE_ALLOWED",

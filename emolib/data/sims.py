@@ -1,4 +1,4 @@
-"""CH-SIMS in the MMSA layout (reference-spec §0.3).
+"""CH-SIMS in the MMSA layout (``thuiar/MMSA: README.md``, ``thuiar/MMSA-FET: src/MSA_FET/dataset.py``).
 
 ::
 
@@ -17,8 +17,8 @@ from typing import Any
 
 from emolib.data.adapter import Adapter, ProtocolUse, VerifyReport, is_synthetic, problem_dicts
 from emolib.data.formats import LineProblem, parse_sims_labels
-from emolib.labels import SIMS_TARGETS
 from emolib.data.prepare import UtteranceSource
+from emolib.labels import SIMS_TARGETS
 from emolib.registry import register
 
 FULL_RELEASE = {"clips": 2281}

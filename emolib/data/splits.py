@@ -16,11 +16,11 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
-from emolib.labels import SPLITS
 from emolib.io import write_text
+from emolib.labels import SPLITS
 
 SPLIT_FILES = {s: f"{s}_split.txt" for s in SPLITS}
 

@@ -1,4 +1,4 @@
-"""E2EMAL's losses (reference-spec §3.3): the CMU-MOSEI emotion loss and the adaptive (uncertainty) loss.
+"""E2EMAL's losses (Huynh et al. 2021): the CMU-MOSEI emotion loss and the adaptive (uncertainty) loss.
 
 * ``"mosei-emotion"`` — ``MoseiEmotionLoss`` of ``th2l/E2EMAL: src/CMU-MOSEI/utils.py``: per emotion c, Keras'
   probability-space BCE (sigmoid clipped to [1e-7, 1 - 1e-7], 1e-7 added inside the logs) between [y, 1-y] and

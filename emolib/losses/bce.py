@@ -1,4 +1,5 @@
-"""Single-output losses: positive-weighted BCE (Dai's default, reference-spec §1.4) and L1 for CH-SIMS (§4.3).
+"""Single-output losses: positive-weighted BCE (the default of Dai et al. 2021) and L1 for CH-SIMS (as in
+``khanhnd185/EmoMBT: src/loss.py``).
 
 Both follow the loss API of :mod:`emolib.losses`: an ``nn.Module`` whose ``forward(outputs, labels)`` returns
 ``(total, parts)``; ``outputs`` is the model's dict of heads and ``labels`` the batch's (B, C) float tensor.

@@ -1,4 +1,4 @@
-"""EmoMBT's multitask losses: each output head is a task (reference-spec §4.3, ``khanhnd185/EmoMBT: src/loss.py``).
+"""EmoMBT's multitask losses: each output head is a task (``khanhnd185/EmoMBT: src/loss.py``).
 
 Tasks, in the code's order: audio, text, visual and fusion (N = 4; the three unimodal heads only for a model
 without a fused head, ``tasks=("audio", "text", "visual")``). L_i is the base loss of head i:

@@ -1,4 +1,4 @@
-"""Shared model building blocks, written to match FE2E (Dai et al., NAACL 2021; reference-spec §1.1-§1.2).
+"""Shared model building blocks, written to match FE2E (Dai et al. 2021; ``wenliangdai/Multimodal-End2end-Sparse``).
 
 The blocks are reused by the unimodal baselines, FE2E and FV2ES, so each one follows the released FE2E code:
 
@@ -61,6 +61,18 @@ def pad_by_lengths(flat: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
     padded = flat.new_zeros((lengths.numel(), max_len, *flat.shape[1:]))
     padded[valid] = flat
     return padded, valid
+
+
+def waveform_batch(audio: Tensor, audio_lengths: Tensor | Sequence[int]) -> tuple[Tensor, Tensor]:
+    """Checked float waveforms (B, T_max) and their lengths (B,) on the same device (the batch contract)."""
+    if audio.dim() != 2:
+        raise ValueError(f"expected audio of shape (B, T_max), got {tuple(audio.shape)}")
+    lengths = as_lengths(audio_lengths, audio.device)
+    if lengths.numel() != audio.shape[0]:
+        raise ValueError(f"{lengths.numel()} audio lengths for a batch of {audio.shape[0]} waveforms")
+    if lengths.numel() and int(lengths.max()) > audio.shape[1]:
+        raise ValueError(f"audio length {int(lengths.max())} exceeds the padded width {audio.shape[1]}")
+    return audio.float(), lengths
 
 
 class VggBlock(nn.Sequential):
@@ -304,14 +316,7 @@ class MelPieces(nn.Module):
         return padded.masked_fill(beyond | (lengths.unsqueeze(1) == 0), 0.0)
 
     def forward(self, audio: Tensor, audio_lengths: Tensor | Sequence[int]) -> tuple[Tensor, Tensor]:
-        if audio.dim() != 2:
-            raise ValueError(f"expected audio of shape (B, T_max), got {tuple(audio.shape)}")
-        lengths = as_lengths(audio_lengths, audio.device)
-        if lengths.numel() != audio.shape[0]:
-            raise ValueError(f"{lengths.numel()} audio lengths for a batch of {audio.shape[0]} waveforms")
-        if lengths.numel() and int(lengths.max()) > audio.shape[1]:
-            raise ValueError(f"audio length {int(lengths.max())} exceeds the padded width {audio.shape[1]}")
-        audio = audio.float()
+        audio, lengths = waveform_batch(audio, audio_lengths)
         spec = self.mel(self._reflect_pad(audio, lengths))  # (B, n_mels, 1 + T_max // hop)
         frames = self.frame_counts(lengths)
         pieces = self.piece_counts(lengths)

@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from emolib.models.blocks import EmotionModel, require
+from emolib.models.config import ModelConfig
 from emolib.models.e2emal_inputs import (
     AUDIO_MODES,
     E2EMALSpectrogram,
@@ -48,8 +50,6 @@ from emolib.models.e2emal_inputs import (
     spec_augment,
     text_sequences,
 )
-from emolib.models.blocks import EmotionModel, require
-from emolib.models.config import ModelConfig
 from emolib.models.tcn import StackedTCN
 from emolib.registry import register
 
@@ -286,88 +286,51 @@ class E2EMAL(EmotionModel):
                  word_vectors: WordVectors | None = None, **overrides: Any) -> None:
         super().__init__(config, **overrides)
         c = self.config
-        tcn_filters = c.tcn_filters
-        tcn_kernel_size = c.tcn_kernel_size
-        tcn_dilations = c.tcn_dilations
-        tcn_dropout = c.tcn_dropout
-        fusion_dim = c.fusion_dim
-        feature_dropout = c.feature_dropout
-        fusion_dropout = c.fusion_dropout
-        video_frames = c.video_frames
-        face_size = c.face_size
-        min_face_conf = c.min_face_conf
-        face_margin = c.face_margin
-        face_crop_size = c.face_crop_size
-        restore_aspect = c.restore_aspect
-        audio_mode = c.audio_mode
-        audio_frames = c.audio_frames
-        n_mels = c.n_mels
-        sample_rate = c.sample_rate
-        chunk_pad_quirk = c.chunk_pad_quirk
-        text_words = c.text_words
-        text_dim = c.text_dim
-        text_vectors = c.text_vectors
-        glove_path = c.glove_path
-        text_model = c.text_model
-        text_projection_seed = c.text_projection_seed
-        l2 = c.l2
-        augment = c.augment
-        spec_mask_p = c.spec_mask_p
-        freq_mask = c.freq_mask
-        time_mask = c.time_mask
-        contrast = c.contrast
-        translation = c.translation
-        rotation = c.rotation
-        if text_vectors == "glove" and not glove_path and word_vectors is None:
+        if c.text_vectors == "glove" and not c.glove_path and word_vectors is None:
             raise ValueError("text_vectors='glove' needs glove_path (a GloVe text file 'word v1 ... v300')")
         if word_vectors is None:
-            use_glove = text_vectors == "glove" or (text_vectors == "auto" and bool(glove_path))
-            word_vectors = build_word_vectors(glove_path if use_glove else None, text_model, text_dim,
-                                              text_projection_seed)
+            use_glove = c.text_vectors == "glove" or (c.text_vectors == "auto" and bool(c.glove_path))
+            word_vectors = build_word_vectors(c.glove_path if use_glove else None, c.text_model, c.text_dim,
+                                              c.text_projection_seed)
         self.word_vectors = word_vectors
         self.text_vectors_description = word_vectors.description
-        filters = [int(f) for f in tcn_filters]
-        tcn = {"filters": filters, "kernel_size": tcn_kernel_size, "dilations": tcn_dilations,
-               "dropout_rate": tcn_dropout}
+        filters = [int(f) for f in c.tcn_filters]
+        tcn = {"filters": filters, "kernel_size": c.tcn_kernel_size, "dilations": c.tcn_dilations,
+               "dropout_rate": c.tcn_dropout}
 
         self.visual_lfe = AFCNet(3, pooling="max", rescale=True)
         self.audio_lfe = AFCNet(1, pooling=None, rescale=False)
-        self.spectrogram = E2EMALSpectrogram(sample_rate=sample_rate, n_mels=n_mels, frames=audio_frames,
-                                             mode=audio_mode, chunk_pad_quirk=chunk_pad_quirk)
-        audio_steps, audio_bins = self.audio_lfe.output_hw(audio_frames, n_mels)
+        self.spectrogram = E2EMALSpectrogram(sample_rate=c.sample_rate, n_mels=c.n_mels, frames=c.audio_frames,
+                                             mode=c.audio_mode, chunk_pad_quirk=c.chunk_pad_quirk)
+        audio_steps, audio_bins = self.audio_lfe.output_hw(c.audio_frames, c.n_mels)
         self.visual_tcn = StackedTCN(self.visual_lfe.out_channels, **tcn)
         self.audio_tcn = StackedTCN(audio_bins * self.audio_lfe.out_channels, **tcn)
         self.text_tcn = StackedTCN(word_vectors.dim, **tcn)
         width = filters[-1]
-        self.visual_att, self.audio_att = SigmoidAttention(video_frames), SigmoidAttention(audio_steps)
-        self.text_att = SigmoidAttention(text_words)
-        self.feature_dropout = GaussianDropout(feature_dropout)
+        self.visual_att, self.audio_att = SigmoidAttention(c.video_frames), SigmoidAttention(audio_steps)
+        self.text_att = SigmoidAttention(c.text_words)
+        self.feature_dropout = GaussianDropout(c.feature_dropout)
         self.visual_head, self.audio_head, self.text_head = (_glorot(nn.Linear(width, num_outputs))
                                                              for _ in range(3))
-        self.audio_proj, self.visual_proj, self.text_proj = (_glorot(nn.Linear(width, fusion_dim)) for _ in range(3))
+        self.audio_proj, self.visual_proj, self.text_proj = (_glorot(nn.Linear(width, c.fusion_dim))
+                                                             for _ in range(3))
         self.modality_att = SigmoidAttention(len(MODALITIES))
-        self.fusion_dropout = nn.Dropout(fusion_dropout)
-        self.fused_head = _glorot(nn.Linear(fusion_dim, num_outputs))
-
-        self.video_frames, self.face_size, self.min_face_conf = video_frames, face_size, min_face_conf
-        self.face_margin, self.face_crop_size, self.restore_aspect = face_margin, face_crop_size, restore_aspect
-        self.text_words, self.chunk_pad_quirk, self.l2 = text_words, chunk_pad_quirk, float(l2)
-        self.augment, self.spec_mask_p, self.freq_mask, self.time_mask = augment, spec_mask_p, freq_mask, time_mask
-        self.contrast, self.translation, self.rotation = contrast, translation, rotation
+        self.fusion_dropout = nn.Dropout(c.fusion_dropout)
+        self.fused_head = _glorot(nn.Linear(c.fusion_dim, num_outputs))
 
     # -- inputs ----------------------------------------------------------------------------------------
 
     def face_clips(self, batch: Mapping[str, Any]) -> Tensor:
         """(B, video_frames, 3, face_size, face_size) float faces, 0..255, augmented while training."""
+        c = self.config
         faces = require(batch, "faces", "e2emal").to(self.device)
         clips, _ = select_face_clips(
             faces, require(batch, "face_lengths", "e2emal"), require(batch, "face_conf", "e2emal"),
-            require(batch, "face_boxes", "e2emal"), frames=self.video_frames, min_conf=self.min_face_conf,
-            margin=self.face_margin, size=self.face_size, restore_aspect=self.restore_aspect,
-            crop_size=self.face_crop_size)
-        if self.training and self.augment:
-            flat = keras_face_augment(clips.flatten(0, 1), contrast=self.contrast, translation=self.translation,
-                                      rotation=self.rotation)
+            require(batch, "face_boxes", "e2emal"), frames=c.video_frames, min_conf=c.min_face_conf,
+            margin=c.face_margin, size=c.face_size, restore_aspect=c.restore_aspect, crop_size=c.face_crop_size)
+        if self.training and c.augment:
+            flat = keras_face_augment(clips.flatten(0, 1), contrast=c.contrast, translation=c.translation,
+                                      rotation=c.rotation)
             clips = flat.view_as(clips)
         return clips
 
@@ -375,14 +338,15 @@ class E2EMAL(EmotionModel):
         """(B, audio_frames, n_mels) dB mel spectrogram, SpecAugment-ed while training."""
         audio = require(batch, "audio", "e2emal").to(self.device)
         spec = self.spectrogram(audio, require(batch, "audio_lengths", "e2emal").to(self.device))
-        if self.training and self.augment:
-            spec = spec_augment(spec, p=self.spec_mask_p, freq_param=self.freq_mask, time_param=self.time_mask)
+        c = self.config
+        if self.training and c.augment:
+            spec = spec_augment(spec, p=c.spec_mask_p, freq_param=c.freq_mask, time_param=c.time_mask)
         return spec
 
     def text_input(self, batch: Mapping[str, Any]) -> Tensor:
         """(B, text_words, dim) chunk-averaged word vectors."""
-        return text_sequences(require(batch, "text", "e2emal"), self.word_vectors, words=self.text_words,
-                              quirk=self.chunk_pad_quirk, device=self.device)
+        return text_sequences(require(batch, "text", "e2emal"), self.word_vectors, words=self.config.text_words,
+                              quirk=self.config.chunk_pad_quirk, device=self.device)
 
     # -- forward ---------------------------------------------------------------------------------------
 
@@ -406,8 +370,8 @@ class E2EMAL(EmotionModel):
         fused, modality = self.modality_att(stacked)
         outputs = {"logits": self.fused_head(self.fusion_dropout(fused)), "audio": self.audio_head(feats["audio"]),
                    "visual": self.visual_head(feats["visual"]), "text": self.text_head(feats["text"])}
-        if self.training and self.l2 > 0:
-            outputs["l2_penalty"] = self.l2 * sum(w.pow(2).sum() for w in self.l2_weights())
+        if self.training and self.config.l2 > 0:
+            outputs["l2_penalty"] = self.config.l2 * sum(w.pow(2).sum() for w in self.l2_weights())
         return E2EMALState(outputs, temporal, modality.detach())
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:

@@ -1,5 +1,5 @@
-"""E2EMAL's inputs (reference-spec §3.1), computed from the shared cache and batch contract — no second pass
-over the videos.
+"""E2EMAL's inputs (``th2l/E2EMAL: src/CMU-MOSEI/data_generator.py`` and ``face_extractor.py``), computed from
+the shared cache and batch contract — no second pass over the videos.
 
 * **Faces**: only detections with MTCNN probability >= 0.65 are kept (the others are dropped, as E2EMAL drops
   frames without a face); of those, ``frames`` (16) consecutive ones centred in the clip are taken (start

@@ -35,8 +35,8 @@ Paper vs code (``khanhnd185/EmoMBT``), each selectable:
   wheel. Audio: VGGish's AudioSet weights when ``audio_weights`` names the file, else a random initialisation
   (``audio_weights="random"``, which the run record shows).
 
-Learning rates (``src/trainers`` of khanhnd185/EmoMBT): text encoder, text projection, text head, visual backbone and VGGish at
-``lr / text_lr_factor``; everything else at ``lr``.
+Learning rates (khanhnd185/EmoMBT ``src/trainers/emotiontrainer.py``): text encoder, text projection, text
+head, visual backbone and VGGish at ``lr / text_lr_factor``; everything else at ``lr``.
 """
 
 from __future__ import annotations
@@ -51,7 +51,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -199,7 +198,7 @@ def read_visual_weights(path: str | Path) -> VisualWeights:
         return VisualWeights(_unwrap_state_dict(obj, path), False, None)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_remap_pickle_module())
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:
         raise ValueError(
             f"{path}: cannot read it as a state_dict nor as a pickled timm model ({type(err).__name__}: {err}). "
             "A model pickled with an old timm can be converted where that timm is installed with "

@@ -1,4 +1,5 @@
-"""RepVGG blocks and FV2ES's visual CNN, with exact structural re-parameterisation (reference-spec §2.2).
+"""RepVGG blocks and FV2ES's visual CNN, with exact structural re-parameterisation (FV2ES, arXiv 2209.10170;
+``MultimodalAffectiveComputing/FV2ES: V2EM/src/model/vgg_block.py``).
 
 Training form of a block (``RepVGGBlock``): three parallel branches whose outputs are summed, then ReLU:
 

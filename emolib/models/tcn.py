@@ -1,6 +1,6 @@
 """A PyTorch temporal convolutional network with the semantics of keras-tcn, as bundled by E2EMAL.
 
-E2EMAL (reference-spec §3.2; ``th2l/E2EMAL: src/CMU-MOSEI/tools/tcn.py``) stacks two keras-tcn ``TCN`` layers
+E2EMAL (Huynh et al. 2021; ``th2l/E2EMAL: src/CMU-MOSEI/tools/tcn.py``) stacks two keras-tcn ``TCN`` layers
 of 256 filters (kernel 2, dilations 1/2/4/8, one stack, causal padding, LayerNorm, summed skip connections,
 dropout 0, he_normal init, ``return_sequences=True``). keras-tcn's semantics, reproduced here:
 

@@ -1,5 +1,5 @@
 """VGGish (Hershey et al., ICASSP 2017) as EmoMBT uses it: log-mel examples computed inside the model, then the
-VGG-style CNN, 128-d per 0.96 s example (reference-spec §4.1-§4.2).
+VGG-style CNN, 128-d per 0.96 s example (``khanhnd185/EmoMBT: src/datasets.py`` and ``src/models/mbt.py``).
 
 EmoMBT feeds ``torchvggish.vggish_input.wavfile_to_examples`` output to ``vggish(postprocess=False)``. Both
 halves are rebuilt here so that the waveform of the batch contract goes in and no file is read:
@@ -11,7 +11,7 @@ halves are rebuilt here so that the waveform of the batch contract goes in and n
   each followed by ReLU; no PCA/quantisation post-processing. Parameter names and the flatten order match
   torchvggish, so its AudioSet checkpoint (``vggish-10086976.pth``) loads with ``load_vggish_weights``.
 
-Two deliberate differences from the reference pipeline, both documented in the model card:
+Two deliberate differences from the reference pipeline:
 
 * torchvggish turns a clip shorter than 0.96 s into zero examples, which breaks EmoMBT's sequence code (a
   QUIRK). Here such a clip is zero-padded to the shortest waveform that yields one full example (15 600 samples,
@@ -29,8 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from emolib.models.blocks import as_lengths
-
+from emolib.models.blocks import waveform_batch
 
 SAMPLE_RATE = 16000
 WINDOW_SAMPLES = 400  # 25 ms
@@ -131,14 +130,7 @@ class VggishLogMel(nn.Module):
         return torch.log(spec.transpose(1, 2) @ self.mel + LOG_OFFSET)
 
     def forward(self, audio: Tensor, audio_lengths: Tensor | Sequence[int]) -> tuple[Tensor, Tensor]:
-        if audio.dim() != 2:
-            raise ValueError(f"expected audio of shape (B, T_max), got {tuple(audio.shape)}")
-        lengths = as_lengths(audio_lengths, audio.device)
-        if lengths.numel() != audio.shape[0]:
-            raise ValueError(f"{lengths.numel()} audio lengths for a batch of {audio.shape[0]} waveforms")
-        if lengths.numel() and int(lengths.max()) > audio.shape[1]:
-            raise ValueError(f"audio length {int(lengths.max())} exceeds the padded width {audio.shape[1]}")
-        audio = audio.float()
+        audio, lengths = waveform_batch(audio, audio_lengths)
         # Samples past an utterance's own length must be silent for the short-clip padding to be zeros.
         valid = torch.arange(audio.shape[1], device=audio.device).unsqueeze(0) < lengths.unsqueeze(1)
         audio = audio * valid
@@ -207,7 +199,7 @@ def load_vggish_weights(model: VGGish, path: str | Path) -> None:
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means the file is not a state_dict
+    except Exception as err:
         raise ValueError(f"{path}: not a VGGish state_dict ({type(err).__name__}: {err})") from err
     if not isinstance(state, Mapping):
         raise ValueError(f"{path}: expected a state_dict (mapping of tensors), got {type(state).__name__}")

@@ -156,7 +156,8 @@ def _expand_step(path, root, index, step, common, common_inputs, profile_name) -
 def _reject_unknown(path, where, data, allowed) -> None:
     unknown = sorted(set(data) - allowed)
     if unknown:
-        raise ProfileError(f"{path}: {where}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})")
+        raise ProfileError(f"{path}: {where}: unknown key(s) {', '.join(unknown)} "
+                           f"(allowed: {', '.join(sorted(allowed))})")
 
 
 def _mapping(path, where, value) -> dict[str, Any]:

@@ -15,9 +15,10 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, TextIO
+from typing import TextIO
 
 from emolib.io import read_json, sha256_file, write_json
 from emolib.pipeline.profile import Profile, ProfileError, Run
@@ -77,7 +78,7 @@ def declared_parameters(notebook: Path) -> dict[str, str]:
         raise RunnerError(f"{notebook}: notebook not found")
     try:
         nb = nbformat.read(notebook, as_version=4)
-    except Exception as err:  # nbformat raises several unrelated types for unreadable files
+    except Exception as err:  # noqa: BLE001 - nbformat raises several unrelated types for unreadable files
         raise RunnerError(f"{notebook}: cannot read notebook ({err})") from None
     cells = [c for c in nb.cells if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])]
     if not cells:
@@ -279,7 +280,7 @@ class Runner:
                     outcome.status = "failed"
                     outcome.error = (f"{_rel(run.notebook, self.profile.root)}: cell {err.cell_index} "
                                      f"(execution count {err.exec_count}): {err.ename}: {err.evalue}")
-                except Exception as err:  # kernel died, notebook unreadable, ...
+                except Exception as err:  # noqa: BLE001 - kernel died, notebook unreadable, ...
                     outcome.status = "failed"
                     outcome.error = f"{_rel(run.notebook, self.profile.root)}: {type(err).__name__}: {err}"
                 if outcome.status == "failed":

@@ -17,9 +17,8 @@ from torch import Tensor
 
 from emolib.data.dataset import FrameOptions, collate  # noqa: F401 (notebook API)
 from emolib.experiment import Experiment, experiment_summary, load_splits, run_experiment  # noqa: F401
-from emolib.losses import adaptive  # noqa: F401  (registers the "adaptive" loss)
 from emolib.models.blocks import count_parameters
-from emolib.models.e2emal import MODALITIES, E2EMAL
+from emolib.models.e2emal import E2EMAL, MODALITIES
 
 
 def float32_mb(n_params: int) -> float:
@@ -89,9 +88,10 @@ def e2emal_train_config(*, epochs: int = 20, batch_size: int = 32, lr: float = 1
                         warmup_epochs: float = 5, cosine_epochs: float = 15, select_protocol: str | None = "e2emal",
                         swa_start_epoch: float | None = None, swa_period_steps: int = 1,
                         **overrides: Any) -> dict[str, Any]:
-    """TrainConfig fields of E2EMAL's schedule (``src/CMU-MOSEI/train.py`` of th2l/E2EMAL): Adam, per-step linear warm-up over 5 epochs,
-    cosine decay to ``min_lr`` at epoch 15, constant after; CMU-MOSEI: lr 1e-3 -> 1e-4, batch 32, 20 epochs, best
-    epoch by valid weighted accuracy of the ``e2emal`` protocol. MERC2020 adds SWA from epoch 15 every 15 steps
+    """TrainConfig fields of E2EMAL's schedule (th2l/E2EMAL ``src/CMU-MOSEI/train.sh``, ``main.py`` and
+    ``utils.py: CusLRScheduler``): Adam, per-step linear warm-up over 5 epochs, cosine decay to ``min_lr`` at
+    epoch 15, constant after; CMU-MOSEI: lr 1e-3 -> 1e-4, batch 32, 20 epochs, best epoch by valid weighted
+    accuracy of the ``e2emal`` protocol. MERC2020 adds SWA from epoch 15 every 15 steps
     (``swa_start_epoch=15, swa_period_steps=15``) and lr 5e-3, batch 64. ``overrides`` are further TrainConfig
     fields. ``select_protocol=None`` selects with the dataset's table protocol instead."""
     if not 0 < min_lr <= lr:

@@ -15,7 +15,13 @@ import torch
 from torch import nn
 
 from emolib.data.dataset import FrameOptions, collate  # noqa: F401 (notebook API)
-from emolib.experiment import Experiment, experiment_summary, load_splits, primary_protocol, run_experiment  # noqa: F401
+from emolib.experiment import (  # noqa: F401
+    Experiment,
+    experiment_summary,
+    load_splits,
+    primary_protocol,
+    run_experiment,
+)
 from emolib.losses.multitask import OWN_TARGET, TASKS, parse_sims_labels
 from emolib.metrics import get_protocol
 

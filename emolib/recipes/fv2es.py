@@ -23,8 +23,11 @@ from emolib.experiment import Experiment, experiment_summary, load_splits, run_e
 from emolib.models.blocks import count_parameters
 from emolib.models.fe2e import LateFusionModel
 from emolib.models.fv2es import FV2ES
-from emolib.models.nest_audio import SpectrogramAttention, spectrogram_attention  # noqa: F401 (notebook API)
-from emolib.models.nest_audio import PIECE_FRAMES
+from emolib.models.nest_audio import (  # noqa: F401 (notebook API)
+    PIECE_FRAMES,
+    SpectrogramAttention,
+    spectrogram_attention,
+)
 from emolib.models.repvgg import RepVGGCNN
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import colorsys
 import math
 import wave
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 
