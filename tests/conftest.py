@@ -154,7 +154,9 @@ _session_state = {"uninstall": None, "deselected_default": 0, "collection_errors
 def pytest_configure(config: pytest.Config) -> None:
     from emolib import registry
 
+    _session_state.update(deselected_default=0, collection_errors=0)
     if _session_state["uninstall"] is None:
+        registry_coverage.USED.clear()
         _session_state["uninstall"] = registry_coverage.install(registry)
 
 

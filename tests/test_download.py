@@ -28,7 +28,6 @@ from emolib.data.download import (
     sha256_bytes,
 )
 
-
 # ------------------------------------------------------------------------------------------- fixtures
 
 
@@ -324,7 +323,8 @@ def test_extract_good_zip_and_tar_with_inside_links(tmp_path):
     assert os.readlink(out / "d/lnk") == "x.txt" and (out / "d/lnk").read_bytes() == b"x"
 
     for suffix in (".tar.bz2", ".tar.xz"):
-        t = _tar(tmp_path / f"ok{suffix}", [("d/x.txt", b"y"), _link("d/s", "x.txt"), _link("d/h", "d/x.txt", tarfile.LNKTYPE)])
+        members = [("d/x.txt", b"y"), _link("d/s", "x.txt"), _link("d/h", "d/x.txt", tarfile.LNKTYPE)]
+        t = _tar(tmp_path / f"ok{suffix}", members)
         out = extract(t, tmp_path / f"t{suffix}")
         assert (out / "d/s").read_bytes() == b"y" and (out / "d/h").read_bytes() == b"y"
 

@@ -14,6 +14,22 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from emolib.data.cache import CacheWriter
+from emolib.data.faces import aspect_pad_48
+from emolib.experiment import Experiment, run_experiment
+from emolib.labels import MOSEI_EMOTIONS
+from emolib.losses import (
+    adaptive,  # noqa: F401  (registers the E2EMAL losses)
+    build_loss,
+)
+from emolib.models import build_model
+from emolib.models.blocks import count_parameters as count_params
+from emolib.models.e2emal import (
+    E2EMAL,
+    AFCNet,
+    GaussianDropout,
+    SigmoidAttention,
+    keras_pad,
+)
 from emolib.models.e2emal_inputs import (
     E2EMALSpectrogram,
     GloveVectors,
@@ -28,20 +44,6 @@ from emolib.models.e2emal_inputs import (
     spec_augment,
     text_sequences,
     tf_mel_weights,
-)
-from emolib.data.faces import aspect_pad_48
-from emolib.labels import MOSEI_EMOTIONS
-from emolib.experiment import Experiment, run_experiment
-from emolib.losses import build_loss
-from emolib.losses import adaptive  # noqa: F401  (registers the E2EMAL losses)
-from emolib.models import build_model
-from emolib.models.blocks import count_parameters as count_params
-from emolib.models.e2emal import (
-    AFCNet,
-    E2EMAL,
-    GaussianDropout,
-    SigmoidAttention,
-    keras_pad,
 )
 from emolib.recipes.e2emal import (
     E2EMAL_FRAMES,

@@ -14,7 +14,7 @@ from emolib.registry import REGISTRY
 from emolib.train import TrainConfig, parameter_groups
 
 C = 6
-# ALBERT-base-v2 (reference-spec §1.2): 11.68 M with the pooler FE2E's AlbertModel builds but never reads;
+# ALBERT-base-v2: 11.68 M with the pooler FE2E's AlbertModel builds but never reads;
 # emolib's TextEncoder leaves the pooler (768*768 + 768) out.
 ALBERT_BASE_WITH_POOLER = 11_683_584
 ALBERT_POOLER = 768 * 768 + 768
@@ -114,5 +114,5 @@ def test_paper_parameter_count_matches_the_spec_arithmetic() -> None:
     assert sum(p.numel() for p in model.parameters()) == non_text + 2  # + the two fusion scalars of "va"
     text_part = 768 * C + C + 3  # t_out and the three fusion scalars of "tav"
     total_spec = non_text + text_part + ALBERT_BASE_WITH_POOLER
-    assert round(total_spec / 1e6, 1) == 36.8  # reference-spec §1.2
+    assert round(total_spec / 1e6, 1) == 36.8  # hand count of Dai's src/models/e2e.py at d = 64
     assert round((total_spec - ALBERT_POOLER) / 1e6, 1) == 36.2  # what emolib builds (no pooler)

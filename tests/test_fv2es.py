@@ -11,7 +11,6 @@ from torch import nn
 
 from emolib.models import build_model, model_config
 from emolib.models.fv2es import FV2ES
-from emolib.recipes.fv2es import reparameterisation_report
 from emolib.models.nest_audio import (
     NestEncoder,
     drop_path_schedule,
@@ -21,11 +20,12 @@ from emolib.models.nest_audio import (
 )
 from emolib.models.repvgg import RepVGGBlock, RepVGGCNN
 from emolib.models.text import TextEncoder
+from emolib.recipes.fv2es import reparameterisation_report
 from emolib.registry import REGISTRY
 from emolib.train import TrainConfig, build_optimizer, freeze_hooked_params, parameter_groups
 
 C = 6
-ALBERT_BASE_WITH_POOLER = 11_683_584  # ALBERT-base-v2 as FE2E/FV2ES build it (reference-spec §1.2)
+ALBERT_BASE_WITH_POOLER = 11_683_584  # ALBERT-base-v2 as FE2E/FV2ES build it (with the pooler)
 
 
 def randomise_bn(module: nn.Module, seed: int = 0) -> None:
@@ -168,7 +168,7 @@ def test_paper_parameter_count_matches_the_spec() -> None:
     assert round(count(model.audio.backbone) / 1e6, 1) == 66.7
     assert count(model.audio.flatten) == 32768 * 1024 + 1024 + 1024 * 64 + 64  # 33.6 M
     total = count(model) + 768 * C + C + 1 + ALBERT_BASE_WITH_POOLER  # + t_out, third fusion scalar, ALBERT
-    assert round(total / 1e6) == 121  # reference-spec §2.2
+    assert round(total / 1e6) == 121  # hand count of FV2ES's V2EM/src/model/c_e2e.py; no published figure
 
 
 # ------------------------------------------------------------------------------------------ whole model

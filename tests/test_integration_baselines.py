@@ -23,8 +23,8 @@ import torch
 from emolib.data import synthetic
 from emolib.data.dataset import collate
 from emolib.experiment import load_splits, run_experiment
-from emolib.recipes.baselines import unimodal_experiment
 from emolib.pipeline.profile import load_profile
+from emolib.recipes.baselines import unimodal_experiment
 
 GAP_FRACTION = 0.25
 ROOT = Path(__file__).resolve().parents[1]

@@ -59,7 +59,8 @@ def emolib_imports(path: Path) -> list[tuple[int, str]]:
             base = node.module or ""
             if node.level:
                 package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([base] if base else []))
             if base.split(".")[0] != "emolib":
                 continue
             # "from emolib.data import synthetic" imports the module emolib.data.synthetic

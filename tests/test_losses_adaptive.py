@@ -46,7 +46,8 @@ def test_mosei_emotion_loss_matches_the_keras_formula() -> None:
     logits = torch.tensor([[2.0, -1.0, 0.5, 0.0, -3.0, 1.5], [-0.5, 0.3, -2.0, 4.0, 1.0, -1.0],
                            [6.0, -7.0, 0.0, 0.1, 0.2, 0.3]])
     labels = torch.tensor([[1.0, 0, 0, 1, 0, 1], [0, 1, 0, 1, 1, 0], [0, 1, 1, 0, 0, 0]])
-    loss = MoseiEmotionLoss(train_labels=TRAIN)
+    loss = build_loss("mosei-emotion", train_labels=TRAIN)  # the registered entry
+    assert isinstance(loss, MoseiEmotionLoss)
     total, parts = loss({"logits": logits}, labels)
     p = np.clip(1 / (1 + np.exp(-logits.double().numpy())), 1e-7, 1 - 1e-7)
     y = labels.double().numpy()

@@ -10,7 +10,6 @@ import torch.nn.functional as F
 import torchaudio
 from torch import nn
 
-from emolib.models.config import SequenceConfig
 from emolib.models.blocks import (
     AudioBranch,
     ClsTransformerEncoder,
@@ -23,6 +22,7 @@ from emolib.models.blocks import (
     WeightedLateFusion,
     pad_by_lengths,
 )
+from emolib.models.config import SequenceConfig
 
 TINY = (8, 8, 8, 16, 16, 32)
 

@@ -49,7 +49,7 @@ def test_cls_is_position_zero_of_a_direct_transformers_run(minilm: TextEncoder) 
 
 def test_mean_pooling_reproduces_pretrained_sentence_similarities() -> None:
     # Real weights, not a random init: the published all-MiniLM-L6-v2 embeddings give these cosines
-    # (measured in docs/environment.md §4 with sentence-transformers: 0.433 and 0.059).
+    # (measured with sentence-transformers: 0.433 and 0.059).
     enc = TextEncoder("all-MiniLM-L6-v2", pooling="mean").eval()
     with torch.no_grad():
         emb = F.normalize(enc(SENTENCES), dim=-1)

@@ -8,8 +8,8 @@ from helpers import contract_batch
 from torch import nn
 
 from emolib.models import build_model, model_config
-from emolib.models.text import TextEncoder
 from emolib.models.fe2e import AudioOnly, TextOnly, VisualOnly
+from emolib.models.text import TextEncoder
 from emolib.registry import REGISTRY
 
 C = 6

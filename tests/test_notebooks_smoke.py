@@ -29,21 +29,21 @@ steps:
     outputs: ['results/nbsmoke/cache/{dataset}/index.jsonl']
   - name: baselines
     notebook: notebooks/02_unimodal_baselines.ipynb
-    parameters: {dataset: sims, size: tiny, epochs: 1, batch_size: 4, lr: 0.001}
+    parameters: {dataset: sims, model_config: tiny, epochs: 1, batch_size: 4, lr: 0.001}
     runs:
       - {id: audio, modality: audio}
       - {id: visual, modality: visual}
   - name: fv2es
     notebook: notebooks/03_fv2es.ipynb
-    parameters: {dataset: sims, size: tiny, epochs: 1, batch_size: 4, lr: 0.001, fe2e_lr: 0.001,
+    parameters: {dataset: sims, model_config: tiny, epochs: 1, batch_size: 4, lr: 0.001, fe2e_lr: 0.001,
                  fe2e_early_stop: 0}
   - name: adaptive
     notebook: notebooks/04_adaptive_loss.ipynb
-    parameters: {dataset: iemocap, size: tiny, epochs: 1, batch_size: 4, warmup_epochs: 0, cosine_epochs: 1,
+    parameters: {dataset: iemocap, model_config: tiny, epochs: 1, batch_size: 4, warmup_epochs: 0, cosine_epochs: 1,
                  max_steps_per_epoch: 1, attention_clips: 2}
   - name: multitask
     notebook: notebooks/05_multitask.ipynb
-    parameters: {dataset: sims, size: tiny, losses: [mean, druw], epochs: 1, batch_size: 4, lr: 0.001,
+    parameters: {dataset: sims, model_config: tiny, losses: [mean, druw], epochs: 1, batch_size: 4, lr: 0.001,
                  early_stop: 0, face_size: 48}
   - name: tables
     notebook: notebooks/06_tables_figures.ipynb

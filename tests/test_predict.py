@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-import emolib.models.fe2e  # noqa: F401  (registers "fe2e")
+import emolib.models.fe2e
 import emolib.models.fv2es  # noqa: F401  (registers "fv2es")
-from emolib.models import model_config
 from emolib.data.cache import Cache
 from emolib.data.dataset import CachedDataset, FrameOptions, collate
 from emolib.data.formats import parse_mosei_transcript
 from emolib.experiment import Experiment, run_experiment
+from emolib.models import model_config
 from emolib.predict import (
     FV2ESPipeline,
     build_requests,

@@ -18,9 +18,9 @@ from helpers import TINY_PREPARE
 from emolib.data import get_adapter
 from emolib.data.cache import Cache, CacheError, CacheWriter
 from emolib.data.dataset import CachedDataset, FrameOptions, collate
-from emolib.labels import IEMOCAP_CLASSES, MOSEI_EMOTIONS, SIMS_TARGETS
 from emolib.data.prepare import PrepareParams, UtteranceSource, prepare_sources
 from emolib.data.splits import random_split, read_split_dir
+from emolib.labels import IEMOCAP_CLASSES, MOSEI_EMOTIONS, SIMS_TARGETS
 
 # The parameters of conftest's tiny_caches: a cache prepared here with PARAMS equals the shared one.
 PARAMS = PrepareParams(**TINY_PREPARE)
@@ -310,7 +310,8 @@ def test_own_data_csv(tiny_releases, tmp_path) -> None:
     clips = _clips(tiny_releases["sims"])[:4]
     rows = ["id,video,text,label,split"]
     for i, clip in enumerate(clips):
-        rows.append(f"u{i},{clip},sentence {i},{'happy' if i % 2 else 'sad;angry'},{['train', 'valid', 'test', 'train'][i]}")
+        label, split = "happy" if i % 2 else "sad;angry", ["train", "valid", "test", "train"][i]
+        rows.append(f"u{i},{clip},sentence {i},{label},{split}")
     (tmp_path / "own.csv").write_text("\n".join(rows) + "\n")
     adapter = get_adapter("own")
     assert adapter.verify(tmp_path / "own.csv").ok

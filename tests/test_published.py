@@ -17,7 +17,8 @@ PUBLISHED = Path(__file__).resolve().parents[1] / "results" / "published"
 META = ["citation", "source", "note"]
 CLASS_FILES = {"iemocap.csv": IEMOCAP_CLASSES, "mosei.csv": MOSEI_EMOTIONS}
 SIMS_COLUMNS = ["model", "labels", "protocol", "acc2", "f1", "mae", "corr", *META]
-# Rows of reference-spec §1.6 (Dai et al.) and §4.6 (khanhnd185 README), same models on both datasets.
+# Rows of Dai et al.'s tables and of the khanhnd185/EmoMBT README's own tables (that README reproduces Dai's),
+# same models on both datasets.
 MODELS = {
     "FE2E", "MESM", "LF-LSTM", "LF-Transformer", "EmoEmbs", "MulT",
     "Audio (unimodal)", "Visual (unimodal)", "Text (unimodal)", "BIMHA", "CMHA", "Le et al. (2023)", "EmoMBT",

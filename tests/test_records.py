@@ -36,7 +36,8 @@ def make_record(seed: int = 0, f1: float = 0.6, acc: float = 0.8, model: str = "
     metrics = {"dai-iemocap": {"valid": evaluation("dai-iemocap", f1 + 0.1, acc),
                                "test": evaluation("dai-iemocap", f1, acc)}}
     return {
-        "schema_version": SCHEMA_VERSION, "model": model, "variant": variant, "dataset": "iemocap", "dataset_adapter": "iemocap",
+        "schema_version": SCHEMA_VERSION, "model": model, "variant": variant, "dataset": "iemocap",
+        "dataset_adapter": "iemocap",
         "profile": "smoke", "protocol": "dai-iemocap", "seed": seed,
         "params": {"model": {"d": 64}, "train": {"lr": 5e-5}, "data": {}},
         "metrics": metrics, "thresholds": {"dai-iemocap": {"hap": 0.35, "sad": 0.5}},

@@ -214,7 +214,10 @@ def test_paths_take_run_parameters(repo: Path) -> None:
         load_profile("demo", repo)
 
 
-@pytest.mark.parametrize("profile", sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "params").glob("*.yaml")))
+PROFILES = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "params").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("profile", PROFILES)
 def test_shipped_profiles_are_valid(profile: str) -> None:
     """Every profile in params/ loads, names existing notebooks and only parameters they declare."""
     from emolib.pipeline.runner import check_runs
