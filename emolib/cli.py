@@ -61,6 +61,12 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 def _cmd_download(args: argparse.Namespace) -> int:
     from emolib.data import get_adapter
 
+    problem = _download_mode_problem(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    if args.splits:
+        return _download_splits(args)
     try:
         root = get_adapter(args.dataset).download(args.root)
     except NotImplementedError as err:
@@ -70,9 +76,38 @@ def _cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _download_mode_problem(args: argparse.Namespace) -> str | None:
+    """``download`` has two modes: ``--dataset NAME DIR`` (a raw release) or ``--splits dai [--out DIR]``."""
+    if args.splits:
+        if args.dataset or args.root:
+            return "download: give either --splits (with --out DIR) or --dataset NAME DIR, not both"
+        return None
+    if args.out:
+        return "download: --out goes with --splits; a raw release takes --dataset NAME DIR"
+    if not args.dataset or not args.root:
+        return "download: give --dataset NAME DIR (a raw release) or --splits dai [--out DIR] (published split lists)"
+    return None
+
+
+def _download_splits(args: argparse.Namespace) -> int:
+    from emolib.data.dai_splits import DAI_COMMIT, DAI_REPO, DEFAULT_DAI_SPLITS_DIR, fetch_dai_splits
+    from emolib.data.download import DownloadError
+
+    out = Path(args.out) if args.out else DEFAULT_DAI_SPLITS_DIR
+    try:
+        folders = fetch_dai_splits(out)
+    except (DownloadError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"Dai et al. (2021) split lists ({DAI_REPO} @ {DAI_COMMIT[:12]}), SHA-256 verified:")
+    option = {"iemocap": "split_dir", "mosei": "folds"}
+    for dataset, folder in folders.items():
+        print(f"  {dataset}: {folder}  (data step: {option[dataset]}: {folder})")
+    return 0
+
+
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from emolib.data import get_adapter
-    from emolib.data.prepare import PrepareParams
 
     shard = (0, 1)
     if args.shard:
@@ -80,11 +115,20 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         shard = (i, n)
     else:
         shard = _distributed_shard()
-    params = PrepareParams(img_interval=args.img_interval, face_size=args.face_size, mtcnn_batch=args.batch,
-                           device=args.device)
+    overrides = {k: v for k, v in (
+        ("img_interval", args.img_interval), ("face_size", args.face_size), ("mtcnn_batch", args.batch),
+        ("device", args.device), ("frame_halve_above", args.frame_halve_above),
+        ("frame_center_crop", args.frame_center_crop), ("margin_size", args.margin_size),
+        ("face_fallback", args.face_fallback), ("max_video_seconds", args.max_video_seconds)) if v is not None}
+    adapter = get_adapter(args.dataset)
+    try:
+        params = adapter.prepare_params(args.recipe, **overrides)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     options = {k: v for k, v in (("split_dir", args.split_dir), ("folds", args.folds), ("seed", args.seed))
                if v is not None}
-    report = get_adapter(args.dataset).prepare(args.root, args.out, params=params, shard=shard, **options)
+    report = adapter.prepare(args.root, args.out, params=params, shard=shard, **options)
     print(report.summary())
     if not report.complete:
         print("cache not finalised yet: other shards still have utterances to process")
@@ -144,18 +188,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("root")
     p.set_defaults(func=_cmd_verify)
 
-    p = sub.add_parser("download", help="download a public raw release (resumable, checksummed)")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("root")
+    p = sub.add_parser("download", help="download a public raw release, or published split lists with --splits "
+                                        "(resumable, checksummed)")
+    p.add_argument("--dataset", help="raw release to download into DIR")
+    p.add_argument("root", nargs="?", metavar="DIR", help="target folder of --dataset")
+    p.add_argument("--splits", choices=["dai"], help="dai: Dai et al. 2021's IEMOCAP and CMU-MOSEI split lists")
+    p.add_argument("--out", help="folder for --splits (default: data/splits/dai below the current folder)")
     p.set_defaults(func=_cmd_download)
 
     p = sub.add_parser("prepare", help="build (or resume) the processed cache of a raw release")
     p.add_argument("--dataset", required=True)
     p.add_argument("root", help="raw release folder (own data: the CSV file)")
     p.add_argument("out", help="cache folder")
-    p.add_argument("--img-interval", type=int, default=500, help="ms between sampled frames (default 500)")
-    p.add_argument("--face-size", type=int, default=224)
-    p.add_argument("--batch", type=int, default=32, help="MTCNN batch size")
+    p.add_argument("--recipe", choices=("emolib", "dai"), default="emolib",
+                   help="preprocessing recipe: emolib (whole frames) or dai (Dai et al.'s crops, margin, no-face "
+                        "window and, for CMU-MOSEI, frame rate and 280 s cut); the flags below override it")
+    p.add_argument("--img-interval", type=int, help="ms between sampled frames (default 500; Dai's MOSEI: 7500)")
+    p.add_argument("--face-size", type=int, help="stored face crop side (default 224)")
+    p.add_argument("--batch", type=int, help="MTCNN batch size (default 32)")
+    p.add_argument("--frame-halve-above", type=int, help="halve frames taller than this (Dai's MOSEI: 360)")
+    p.add_argument("--frame-center-crop", type=int, help="centre square fed to MTCNN (Dai: IEMOCAP 224, MOSEI 360)")
+    p.add_argument("--margin-size", type=int, help="crop size at which the MTCNN margin applies (Dai: 48)")
+    p.add_argument("--face-fallback", choices=("center", "dai", "black"), help="crop for frames without a face")
+    p.add_argument("--max-video-seconds", type=float, help="decode only the first seconds (Dai's MOSEI: 280)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--shard", help="i/n: process every n-th source file starting at i")
     p.add_argument("--split-dir", help="IEMOCAP: a split folder in Dai's format")

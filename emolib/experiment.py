@@ -65,6 +65,27 @@ def primary_protocol(cache: Cache) -> str:
     return dataset_protocols(cache)[0]
 
 
+def warn_recipe_mismatch(model: Any, cache: Cache, cache_dir: str | Path) -> list[str]:
+    """Warn (and return the differences) when a model that follows a paper's preprocessing recipe is fed a cache
+    built another way, naming each parameter that differs."""
+    import warnings
+
+    from emolib.data.adapter import get_adapter
+
+    recipe = getattr(model, "data_recipe", None)
+    if recipe is None or not cache.dataset:
+        return []
+    adapter = get_adapter(cache.dataset)
+    if recipe == "dai" and not adapter.dai_prepare:
+        return []
+    diffs = adapter.recipe_differences(cache.provenance.get("parameters", {}), recipe)
+    if diffs:
+        warnings.warn(f"{getattr(model, 'registry_name', type(model).__name__)} follows Dai et al.'s preprocessing, "
+                      f"but the cache {cache_dir} was built differently: {'; '.join(diffs)}. Rebuild it with "
+                      f"face_recipe='{recipe}' (notebook 01) or `emolib prepare --recipe {recipe}`.", stacklevel=3)
+    return diffs
+
+
 def run_experiment(exp: Experiment, seeds: Sequence[int] = (0,), *, resume: bool = True,
                    data: SplitData | None = None,
                    on_epoch_end: Callable[[int, list[dict[str, Any]]], None] | None = None,
@@ -90,6 +111,7 @@ def run_experiment(exp: Experiment, seeds: Sequence[int] = (0,), *, resume: bool
         primary = config.primary_protocol or config.eval_protocols[0]
         seed_everything(int(seed))  # the initial weights depend on the seed only, not on what ran before
         model = build_model(exp.model, exp.config, num_outputs=len(label_names), **exp.model_overrides)
+        warn_recipe_mismatch(model, cache, exp.cache_dir)
         loss = build_loss(loss_name, train_labels=data.train.labels, **_loss_params(loss_name, exp))
         base = Path(exp.results_root)
         rec_path = record_path(base, exp.profile, exp.run_name, dataset, primary, int(seed))

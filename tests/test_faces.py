@@ -128,8 +128,11 @@ def test_dai_and_black_fallbacks(gradient):
     np.testing.assert_array_equal(dai.faces[0], frame[88:136, 64:112])
     black = FaceCropper(size=64, fallback="black").crop([frame])
     assert (black.faces == 0).all() and black.faces.shape == (1, 64, 64, 3)
-    with pytest.raises(ValueError, match="needs size=48"):
-        FaceCropper(size=224, fallback="dai")
+    # other crop sizes: Dai's 48 px window resized to the stored size
+    big = FaceCropper(size=96, fallback="dai").crop([frame])
+    window = torch.from_numpy(frame[88:136, 64:112]).permute(2, 0, 1)[None].float()
+    expected = torch.nn.functional.interpolate(window, size=(96, 96), mode="area")[0].permute(1, 2, 0).byte()
+    np.testing.assert_array_equal(big.faces[0], expected.numpy())
     with pytest.raises(ValueError, match=r"needs frames .* got 60x60"):
         FaceCropper(size=48, fallback="dai").crop([np.zeros((60, 60, 3), np.uint8)])
 

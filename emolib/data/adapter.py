@@ -7,11 +7,13 @@ copy and the embedded synthetic copy.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
 from emolib.data.prepare import PrepareParams, PrepareReport, UtteranceSource, prepare_sources
+
+PREPARE_RECIPES = ("emolib", "dai")
 
 
 def problem_dicts(problems) -> list[dict[str, Any]]:
@@ -85,6 +87,9 @@ class Adapter:
     task: ClassVar[str] = "multilabel"
     label_names: ClassVar[tuple[str, ...]]
     protocols: ClassVar[tuple[ProtocolUse, ...]]
+    # How Dai et al. 2021 made the frames and faces that FE2E, FV2ES and the unimodal baselines trained on, as
+    # PrepareParams values (empty: the dataset is not one of Dai's). prepare_params(recipe="dai") applies them.
+    dai_prepare: ClassVar[dict[str, Any]] = {}
     download_manifest: ClassVar[list[dict[str, Any]] | None] = None
     download_help: ClassVar[str] = ""
 
@@ -101,6 +106,22 @@ class Adapter:
         if task != self.task:
             raise ValueError(f"dataset {self.name!r} is a {self.task} dataset, not {task}")
         return self.protocols
+
+    def prepare_params(self, recipe: str = "emolib", **overrides: Any) -> PrepareParams:
+        """``PrepareParams`` of a recipe: "emolib" (whole frames, margin at the stored size, centre fallback) or
+        "dai" (``dai_prepare``); keyword overrides win over both."""
+        if recipe not in PREPARE_RECIPES:
+            raise ValueError(f"recipe must be one of {PREPARE_RECIPES}, got {recipe!r}")
+        if recipe == "dai" and not self.dai_prepare:
+            raise ValueError(f"dataset {self.name!r} has no Dai et al. preprocessing recipe; use recipe='emolib'")
+        return PrepareParams(**{**(self.dai_prepare if recipe == "dai" else {}), **overrides})
+
+    def recipe_differences(self, parameters: dict[str, Any], recipe: str = "dai") -> list[str]:
+        """Where a cache's ``parameters`` (its provenance) differ from a recipe: "name=value (recipe: value)"."""
+        wanted = self.dai_prepare if recipe == "dai" else {}
+        defaults = asdict(PrepareParams())
+        return [f"{k}={parameters.get(k, defaults.get(k))!r} ({recipe}: {v!r})" for k, v in wanted.items()
+                if parameters.get(k, defaults.get(k)) != v]
 
     @property
     def primary_protocol(self) -> str:

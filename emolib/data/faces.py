@@ -18,7 +18,11 @@ Frames without an accepted face get a fallback crop and ``found = False``, ``con
 * ``"center"`` (default): the largest centred square of the frame, resized to ``size`` like a face crop.
 * ``"dai"``: Dai's exact window, rows ``[off, off+48)`` and columns ``[off-24, off+24)`` with
   ``off = (H-48)//2`` (the column window sits 24 px left of centre, and ``off`` uses the height for both
-  axes, as Dai's code does on its square 224 px frames). Only defined for ``size == 48``.
+  axes, as Dai's code does on its square 224 px frames); resized to ``size`` when that is not 48.
+
+``margin_size``: facenet's margin is in pixels of its output crop, so the same ``margin`` grows the box by
+``margin / (size - margin)``. Dai runs ``MTCNN(image_size=48, margin=2)``: ``margin_size=48`` applies that
+margin whatever ``size`` the crop is stored at (``None``: at ``size``, facenet's own arithmetic).
 * ``"black"``: an all-zero crop (E2EMAL drops such frames; a clip with no face becomes black frames).
 
 facenet-pytorch 2.5.3 with numpy 2 returns object-dtype arrays from ``MTCNN.detect``; this module calls the
@@ -97,6 +101,7 @@ class FaceCropper:
         fallback: str = "center",
         *,
         crop: str = "mtcnn",
+        margin_size: int | None = None,
         min_face_size: int = 20,
         thresholds: Sequence[float] = (0.6, 0.7, 0.7),
         factor: float = 0.709,
@@ -105,12 +110,13 @@ class FaceCropper:
             raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
         if crop not in CROPS:
             raise ValueError(f"crop must be one of {CROPS}, got {crop!r}")
-        if fallback == "dai" and size != 48:
-            raise ValueError(f"fallback='dai' reproduces Dai's 48 px window and needs size=48, got {size}")
+        if margin_size is not None and margin_size <= margin:
+            raise ValueError(f"margin_size must be larger than the margin ({margin}), got {margin_size}")
         if size < 1 or batch_size < 1:
             raise ValueError(f"size and batch_size must be >= 1, got {size} and {batch_size}")
         self.size = size
         self.margin = margin
+        self.margin_size = margin_size
         self.batch_size = batch_size
         self.min_conf = float(min_conf)
         self.fallback = fallback
@@ -180,8 +186,18 @@ class FaceCropper:
             if x2 <= x1 or y2 <= y1:
                 return np.zeros((self.size, self.size, 3), np.uint8)
             return aspect_pad_48(img[y1:y2, x1:x2].cpu().numpy(), self.size)
-        # facenet's crop converts through numpy, so it needs a CPU tensor; returns float (3,S,S) in 0..255.
-        face = extract_face(img.cpu(), box, self.size, self.margin)
+        if self.margin_size is not None and self.margin_size != self.size:
+            # facenet's margin arithmetic at margin_size (extract_face), the region resized to size.
+            x1, y1, x2, y2 = (float(v) for v in box)
+            mx = self.margin * (x2 - x1) / (self.margin_size - self.margin)
+            my = self.margin * (y2 - y1) / (self.margin_size - self.margin)
+            h, w = img.shape[:2]
+            region = [int(max(x1 - mx / 2, 0)), int(max(y1 - my / 2, 0)), int(min(x2 + mx / 2, w)),
+                      int(min(y2 + my / 2, h))]
+            face = crop_resize(img.cpu(), region, self.size).float().permute(2, 0, 1)
+        else:
+            # facenet's crop converts through numpy, so it needs a CPU tensor; returns float (3,S,S) in 0..255.
+            face = extract_face(img.cpu(), box, self.size, self.margin)
         return face.permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
 
     def _fallback_crop(self, img: torch.Tensor) -> np.ndarray:
@@ -194,7 +210,11 @@ class FaceCropper:
                 raise ValueError(
                     f"fallback='dai' needs frames with (H-48)//2 >= 24 and W >= (H-48)//2 + 24; got {h}x{w}"
                 )
-            return img[off: off + 48, off - 24: off + 24].cpu().numpy()
+            window = img[off: off + 48, off - 24: off + 24]
+            if self.size == 48:
+                return window.cpu().numpy()
+            # Other crop sizes: Dai's 48 px window resized to the cache's size (the models resize it back to 48).
+            return crop_resize(window, [0, 0, 48, 48], self.size).cpu().numpy()
         side = min(h, w)
         top, left = (h - side) // 2, (w - side) // 2
         return crop_resize(img, [left, top, left + side, top + side], self.size).cpu().numpy()

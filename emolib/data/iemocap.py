@@ -58,6 +58,9 @@ class IemocapAdapter(Adapter):
     name = "iemocap"
     title = "IEMOCAP"
     label_names = IEMOCAP_CLASSES
+    # preprocess_iemocap.ipynb: the speaker's half centre-cropped to 224 px; MTCNN(image_size=48, margin=2) and
+    # its no-face window in src/models/e2e.py.
+    dai_prepare = {"frame_center_crop": 224, "margin_size": 48, "face_fallback": "dai"}
     protocols = (
         ProtocolUse("dai-iemocap", "primary: the protocol of Dai et al.'s IEMOCAP table (plain accuracy + binary F1)"),
         ProtocolUse("e2emal", "E2EMAL's metric definitions (0.5 threshold, wA, weighted F1); E2EMAL did not use "

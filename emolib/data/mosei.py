@@ -50,6 +50,11 @@ class MoseiAdapter(Adapter):
     name = "mosei"
     title = "CMU-MOSEI"
     label_names = MOSEI_EMOTIONS
+    # src/datasets.py MOSEI: frames taller than 360 px halved, centre crop 360; MTCNN(48, margin 2) and its
+    # no-face window. preprocess_mosei.ipynb stores 2 frames/s of the first 280 s, and the loader steps 15 stored
+    # frames (it assumes 30 fps): one frame per 7.5 s.
+    dai_prepare = {"frame_halve_above": 360, "frame_center_crop": 360, "margin_size": 48, "face_fallback": "dai",
+                   "img_interval": 7500, "max_video_seconds": 280.0}
     protocols = (
         ProtocolUse("dai-mosei", "primary: the protocol of Dai et al.'s MOSEI table (weighted accuracy + binary F1)"),
         ProtocolUse("dai-iemocap", "code variant: plain accuracy, as Dai's HEAD code and khanhnd185's code compute it "

@@ -107,6 +107,16 @@ class PrepareParams:
     face_margin: int = 2  # MTCNN margin in pixels of the output crop (Dai, khanhnd: 2)
     mtcnn_batch: int = 32
     min_face_conf: float = 0.0  # detections below are treated as "no face" (E2EMAL applies 0.65 at load time)
+    # Frame preparation before MTCNN. Dai et al. 2021 feed MTCNN IEMOCAP's speaker half centre-cropped to 224 px
+    # (preprocess_iemocap.ipynb) and CMU-MOSEI frames halved when taller than 360 px, then centre-cropped to 360
+    # (src/datasets.py MOSEI.__getitem__); None leaves the frames whole (emolib's default before the Dai recipe).
+    frame_halve_above: int | None = None  # halve (bilinear) frames taller than this many pixels
+    frame_center_crop: int | None = None  # centre square of this side (zero-padded where a frame is smaller)
+    # facenet's margin is in pixels of its output crop: Dai's MTCNN(image_size=48, margin=2) grows the box by
+    # 2/46 of its size. margin_size = 48 applies the margin as at 48 px whatever face_size is; None: at face_size.
+    margin_size: int | None = None
+    face_fallback: str = "center"  # crop for frames without a face: center | dai (Dai's 48 px window) | black
+    max_video_seconds: float | None = None  # decode only the first seconds of each video (Dai's MOSEI: 280)
     max_frames: int | None = None  # cap per utterance (None: all sampled frames)
     min_audio_samples: int = 400  # one 25 ms STFT window at 16 kHz
     chunk_utterances: int = 8  # utterances per decoding chunk (bounds memory; fixed for byte-identical resumes)
@@ -287,7 +297,8 @@ def make_cropper(params: PrepareParams):
     from emolib.data.faces import FaceCropper
 
     return FaceCropper(size=params.face_size, margin=params.face_margin, device=params.device,
-                       batch_size=params.mtcnn_batch, min_conf=params.min_face_conf)
+                       batch_size=params.mtcnn_batch, min_conf=params.min_face_conf, fallback=params.face_fallback,
+                       margin_size=params.margin_size)
 
 
 def process_chunk(chunk: list[UtteranceSource], params: PrepareParams, cropper) -> list:
@@ -368,7 +379,9 @@ def _chunk_frames(chunk: list[UtteranceSource], params: PrepareParams):
         for seg, t, frame in iter_frames_multi(video, segments, interval_ms=params.img_interval):
             if params.max_frames is not None and len(frames[seg]) >= params.max_frames:
                 continue
-            frames[seg].append(_half(frame, chunk[seg].half))
+            if params.max_video_seconds is not None and t >= params.max_video_seconds:
+                continue  # Dai's MOSEI notebook reads only the first 280 s of each video
+            frames[seg].append(prepare_frame(_half(frame, chunk[seg].half), params))
             times[seg].append(t - chunk[seg].start)
     except MediaError as err:
         error = str(err)
@@ -388,7 +401,7 @@ def _image_frames(src: UtteranceSource, params: PrepareParams):
     for j, p in enumerate(paths):
         try:
             with Image.open(p) as im:
-                frames.append(np.asarray(im.convert("RGB")))
+                frames.append(prepare_frame(np.asarray(im.convert("RGB")), params))
         except FileNotFoundError:
             return [], [], Skip(str(p), "file not found")
         except (UnidentifiedImageError, OSError) as err:
@@ -397,6 +410,28 @@ def _image_frames(src: UtteranceSource, params: PrepareParams):
     if not frames:
         return [], [], Skip(str(src.group), "no image frames for this utterance")
     return frames, times, None
+
+
+def prepare_frame(frame: np.ndarray, params: PrepareParams) -> np.ndarray:
+    """A frame as MTCNN sees it: halved when taller than ``frame_halve_above`` (PIL bilinear to (H//2, W//2), as
+    torchvision's Resize on Dai's PIL images), then the centre square of ``frame_center_crop`` (torchvision
+    CenterCrop: zero padding where the frame is smaller, offsets rounded)."""
+    if params.frame_halve_above is not None and frame.shape[0] > params.frame_halve_above:
+        from PIL import Image
+
+        h, w = frame.shape[:2]
+        frame = np.asarray(Image.fromarray(frame).resize((w // 2, h // 2), Image.BILINEAR))
+    size = params.frame_center_crop
+    if size is None:
+        return frame
+    h, w = frame.shape[:2]
+    if h < size or w < size:
+        top, left = max(size - h, 0) // 2, max(size - w, 0) // 2
+        padded = np.zeros((max(h, size), max(w, size), 3), frame.dtype)
+        padded[top: top + h, left: left + w] = frame
+        frame, (h, w) = padded, padded.shape[:2]
+    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    return np.ascontiguousarray(frame[top: top + size, left: left + size])
 
 
 def _half(frame: np.ndarray, half: str | None) -> np.ndarray:
@@ -447,7 +482,9 @@ def _check_params(out: Path, dataset: str, params: PrepareParams, label_names: S
     ignored = ("device", "checksums")
     comparable = {k: v for k, v in current.items() if k not in ignored}
     if path.is_file():
-        old = {k: v for k, v in read_json(path).items() if k not in ignored}
+        # parameters added after a cache was written take their defaults (which reproduce the old behaviour)
+        old = {**{k: v for k, v in asdict(PrepareParams()).items() if k not in ignored},
+               **{k: v for k, v in read_json(path).items() if k not in ignored}}
         if old != comparable:
             diff = sorted(k for k in set(old) | set(comparable) if old.get(k) != comparable.get(k))
             raise CacheError(f"{out}: the cache was built with different parameters ({', '.join(diff)}); "

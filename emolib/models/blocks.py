@@ -447,6 +447,9 @@ class EmotionModel(nn.Module):
     config_class: ClassVar[type[ModelConfig]] = ModelConfig
     configs: ClassVar[dict[str, ModelConfig]] = {}
     registry_name: ClassVar[str] = ""
+    # The preprocessing the paper's model was trained on: "dai" (Dai et al.'s frames and faces, for FE2E, FV2ES
+    # and the baselines) or None; run_experiment warns when a cache was built another way.
+    data_recipe: ClassVar[str | None] = None
 
     def __init__(self, config: ModelConfig | None = None, **overrides: Any) -> None:
         super().__init__()

@@ -84,6 +84,7 @@ class LateFusionModel(EmotionModel):
 
     config_class = FE2EConfig
     config: FE2EConfig
+    data_recipe = "dai"
 
     def __init__(self, num_outputs: int, config: FE2EConfig | str | dict | None = None, *,
                  text_encoder: TextEncoder | None = None, **overrides) -> None:
