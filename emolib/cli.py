@@ -138,7 +138,11 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from emolib.predict import predict_cli
 
-    print(predict_cli({k: v for k, v in vars(args).items() if k not in ("func", "command")}))
+    try:
+        print(predict_cli({k: v for k, v in vars(args).items() if k not in ("func", "command")}))
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -223,7 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="best.pt of a training run (its run record is found beside)")
     p.add_argument("--transcript", help="transcript text, or a file with one line per segment")
     p.add_argument("--segments", help="utterance segments in seconds, e.g. 0:2.5,2.5:6 (default: whole video)")
-    p.add_argument("--audio", help="separate audio file (CMU-MOSEI keeps audio in a wav beside the video)")
+    p.add_argument("--audio", help="separate audio file (CMU-MOSEI keeps audio in a wav beside the video; IEMOCAP "
+                                   "dialogs: the stereo dialog/wav/<dialog>.wav)")
+    p.add_argument("--utterance-ids", metavar="ID[,ID...]",
+                   help="IEMOCAP utterance ids, one per segment (e.g. Ses01F_impro01_F000): each picks its speaker's "
+                        "half of the frame and audio channel (Dai's rule)")
+    p.add_argument("--speaker", metavar="L|R",
+                   help="IEMOCAP dialogs: the left (L, channel 0) or right (R, channel 1) actor for every segment; "
+                        "overrides the side the utterance ids give")
     p.add_argument("--record", help="run record JSON, if not found next to the checkpoint")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--batch-size", type=int, default=8)

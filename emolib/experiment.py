@@ -112,7 +112,8 @@ def run_experiment(exp: Experiment, seeds: Sequence[int] = (0,), *, resume: bool
         seed_everything(int(seed))  # the initial weights depend on the seed only, not on what ran before
         model = build_model(exp.model, exp.config, num_outputs=len(label_names), **exp.model_overrides)
         warn_recipe_mismatch(model, cache, exp.cache_dir)
-        loss = build_loss(loss_name, train_labels=data.train.labels, **_loss_params(loss_name, exp))
+        loss_params = _loss_params(loss_name, exp)
+        loss = build_loss(loss_name, train_labels=data.train.labels, **loss_params)
         base = Path(exp.results_root)
         rec_path = record_path(base, exp.profile, exp.run_name, dataset, primary, int(seed))
         run_dir = base / exp.profile / "checkpoints" / exp.run_name / dataset / f"seed={int(seed)}"
@@ -123,6 +124,7 @@ def run_experiment(exp: Experiment, seeds: Sequence[int] = (0,), *, resume: bool
             run_info={
                 "model": exp.model, "variant": exp.variant or "default", "profile": exp.profile,
                 "dataset_adapter": cache.dataset, "model_params": model.config.to_dict(),
+                "deviations": run_deviations(exp.model, cache, model, config, loss_name, loss_params),
                 "model_config_name": exp.config if isinstance(exp.config, str) else None, "data_params": {
                     "cache": str(Path(exp.cache_dir)), "frames": exp.frames,
                     "cache_parameters": cache.provenance.get("parameters", {}),
@@ -135,6 +137,28 @@ def run_experiment(exp: Experiment, seeds: Sequence[int] = (0,), *, resume: bool
             model_hook(model)
         records.append(record)
     return records
+
+
+def run_deviations(model_name: str, cache: Cache, model: Any, config: Any, loss_name: str,
+                   loss_params: dict[str, Any]) -> dict[str, Any]:
+    """{parameter: value} of every deviation of the model and the cache's dataset, as this run sets them."""
+    import inspect
+    from dataclasses import asdict
+
+    from emolib import registry
+    from emolib.data.prepare import PrepareParams
+    from emolib.deviations import card, run_values
+    from emolib.records import to_builtin
+
+    entries = card(model_name, cache.dataset or None)
+    loss_defaults = {k: p.default for k, p in inspect.signature(registry.get("loss", loss_name)).parameters.items()
+                     if p.default is not inspect.Parameter.empty}
+    provenance = cache.provenance
+    values = run_values(entries, model_config=model.config.to_dict(), train=config.to_dict(),
+                        loss={**loss_defaults, **loss_params},
+                        prepare={**asdict(PrepareParams()), **provenance.get("parameters", {})},
+                        data=dict(provenance.get("options", {})))
+    return to_builtin(values)
 
 
 def _loss_params(loss_name: str, exp: Experiment) -> dict[str, Any]:

@@ -23,6 +23,36 @@ does the same for any checkpoint of a registered model trained by ``emolib.train
 Outputs are per-utterance sigmoid probabilities for classification checkpoints (IEMOCAP, CMU-MOSEI) and the
 regression values clipped to [-1, 1] for CH-SIMS checkpoints; ``Predictions.per_video()`` averages over the
 utterances of each video, as FV2ES's system does.
+
+IEMOCAP dialogs show two actors side by side and carry one stereo channel per actor (the audio is the dialog's
+``wav/<dialog>.wav``: pass it as ``audio``). FV2ES's system keeps the speaker's half of every frame and the
+speaker's channel, chosen from the utterance id by Dai's rule (``use_left`` in ``V2EM_prediction/src/datasets.py``:
+session letter == speaker letter -> left half, channel 0). Here ``utterance_ids`` (one IEMOCAP id per segment)
+choose them by the same rule (``emolib.data.formats.iemocap_use_left``, as the IEMOCAP adapter does), or
+``speaker="L"|"R"`` (CLI ``--speaker``) sets them for every segment, overriding the ids. The choice fills the
+``UtteranceSource`` fields the IEMOCAP adapter fills (``half``, ``audio_channel``), so a segment is cropped,
+detected and sliced exactly as ``prepare`` made its cache record. Without either, whole frames and the mean of
+the channels are used (every other dataset).
+
+Differences from the reference inference code (``FV2ES/V2EM_prediction``: ``main.py``, ``src/datasets.py``,
+``src/c_e2e.py``, ``src/trainers/r_emotiontrainer.py``), and why:
+
+* colour: the reference decodes frames with OpenCV and feeds them to MTCNN and the model in BGR order, while
+  its model was trained on RGB frames (``V2EM/main.py`` trains with Dai's ``src/datasets.py``, which reads the
+  JPEGs with PIL; the face normalisation means [159, 111, 102] are RGB statistics). emolib feeds RGB, as its
+  training cache holds;
+* weights: the reference builds the multi-branch RepVGG model and loads a checkpoint saved after fusion with
+  ``load_state_dict(checkpoint, False)``, so the branch weights it expects are absent from the file and stay at
+  their random initialisation before ``switch_to_deploy`` fuses them (the fused keys are ignored). emolib loads
+  the checkpoint strictly in the form it was saved (an error names any missing key), then fuses;
+* frames: the reference slices the decoded frames at an assumed 29.97 fps and takes every 15th; emolib samples
+  one frame every ``img_interval`` ms by timestamp with the training cache's parameters (frame interval, centre
+  crop, MTCNN margin and no-face fallback), so inference sees what training saw;
+* batches: the reference runs one utterance at a time; emolib batches utterances (padding masks keep the
+  scores equal up to float rounding) and MTCNN sees ``prepare``'s chunks;
+* inputs: the reference reads segments from an EmoEvaluation file (keeping the 6 classes) and texts from a
+  transcription file and appends the mean scores to ``result.txt``; emolib takes segments, transcripts and
+  utterance ids as arguments and returns (CLI: prints) per-utterance and per-video scores.
 """
 
 from __future__ import annotations
@@ -197,24 +227,59 @@ def _is_segment(value: Any) -> bool:
         v is None or isinstance(v, (int, float)) for v in value)
 
 
+SPEAKERS = {"L": ("left", 0), "R": ("right", 1)}
+"""IEMOCAP speaker side -> (frame half, audio channel), as the IEMOCAP adapter sets ``half`` / ``audio_channel``."""
+
+
+def speaker_side(utterance_id: str | None = None, speaker: str | None = None) -> str | None:
+    """"L", "R" or None (whole frame, mean of the channels): ``speaker`` when given, else Dai's rule on an IEMOCAP
+    ``utterance_id`` (``Ses01F_impro01_F000`` -> L, ``Ses01F_impro01_M000`` -> R)."""
+    from emolib.data.formats import iemocap_use_left
+
+    if speaker is not None:
+        side = speaker.strip().upper() if isinstance(speaker, str) else None
+        if side not in SPEAKERS:
+            raise ValueError(f"speaker must be L (left half, audio channel 0) or R (right half, channel 1), "
+                             f"got {speaker!r}")
+        return side
+    if utterance_id is None:
+        return None
+    if not isinstance(utterance_id, str):
+        raise ValueError(f"utterance id {utterance_id!r}: expected a string such as Ses01F_impro01_F000")
+    return "L" if iemocap_use_left(utterance_id.strip()) else "R"
+
+
 @dataclass
 class VideoRequest:
-    """What to predict for one video: its segments (None end: to the end) and one transcript per segment."""
+    """What to predict for one video: its segments (None end: to the end), one transcript per segment and,
+    for IEMOCAP dialogs, one utterance id per segment and/or the speaker side of every segment."""
 
     video: Path
     segments: list[Segment]
     texts: list[str]
     audio: Path | None = None  # a separate audio file (e.g. CMU-MOSEI's WAV_16000); None: the video's track
+    utterance_ids: list[str | None] = field(default_factory=list)  # empty: none given
+    speaker: str | None = None  # "L" | "R": overrides the side the utterance ids give
+
+    def sides(self) -> list[str | None]:
+        """The speaker side of each segment ("L", "R" or None for the whole frame)."""
+        ids = self.utterance_ids or [None] * len(self.segments)
+        return [speaker_side(uid, self.speaker) for uid in ids]
 
 
 def build_requests(videos: str | os.PathLike | Sequence[str | os.PathLike], transcripts: Any = None,
-                   segments: Any = None, audio: Any = None) -> list[VideoRequest]:
+                   segments: Any = None, audio: Any = None, *, utterance_ids: Any = None,
+                   speaker: str | None = None) -> list[VideoRequest]:
     """Normalise the flexible ``predict`` arguments into one ``VideoRequest`` per video.
 
     ``segments``: None (the whole video), a list of (start, end) for a single video, a "start:end,..." string,
     or one such entry per video. ``transcripts``: None (empty text), a string (one segment), or a list of
-    strings (one per segment) -- or one such entry per video.
+    strings (one per segment) -- or one such entry per video. ``utterance_ids``: IEMOCAP utterance ids in the
+    same forms as ``transcripts`` (a "id,id,..." string counts as a list); each picks its speaker's half and
+    channel. ``speaker``: "L" or "R" for every segment of every video (overrides the ids). Bad values raise
+    ``ValueError`` before any video is decoded.
     """
+    speaker = speaker_side(None, speaker)  # validated and normalised before anything is read
     vids = [Path(videos)] if isinstance(videos, (str, os.PathLike)) else [Path(v) for v in videos]
     if not vids:
         raise ValueError("no video given")
@@ -232,8 +297,13 @@ def build_requests(videos: str | os.PathLike | Sequence[str | os.PathLike], tran
     else:
         text_lists = _as_list(transcripts, n, "transcript")
     audios = _as_list(audio, n, "audio file")
+    if n == 1 and (isinstance(utterance_ids, str) or isinstance(utterance_ids, (list, tuple))
+                   and all(isinstance(u, str) for u in utterance_ids)):
+        id_lists: list[Any] = [utterance_ids]
+    else:
+        id_lists = _as_list(utterance_ids, n, "utterance id")
     requests = []
-    for video, segs, texts, aud in zip(vids, seg_lists, text_lists, audios):
+    for video, segs, texts, aud, ids in zip(vids, seg_lists, text_lists, audios, id_lists):
         segs = parse_segments(segs) if isinstance(segs, str) else [(0.0, None)] if segs is None else \
             [(float(s), None if e is None else float(e)) for s, e in segs]
         if texts is None:
@@ -247,7 +317,12 @@ def build_requests(videos: str | os.PathLike | Sequence[str | os.PathLike], tran
             raise ValueError(f"{video}: {len(texts)} transcripts for {len(segs)} segments")
         if aud is not None and not Path(aud).is_file():
             raise FileNotFoundError(f"{aud}: audio file not found")
-        requests.append(VideoRequest(video, segs, texts, None if aud is None else Path(aud)))
+        ids = [] if ids is None else [u.strip() for u in ids.split(",")] if isinstance(ids, str) else list(ids)
+        if ids and len(ids) != len(segs):
+            raise ValueError(f"{video}: {len(ids)} utterance ids for {len(segs)} segments; pass one per segment")
+        request = VideoRequest(video, segs, texts, None if aud is None else Path(aud), ids, speaker)
+        request.sides()  # the ids must be IEMOCAP utterance ids unless speaker overrides them
+        requests.append(request)
     return requests
 
 
@@ -278,12 +353,17 @@ class Predictions:
 
 
 def sources_of(requests: Sequence[VideoRequest], num_outputs: int) -> list[UtteranceSource]:
+    """One ``UtteranceSource`` per segment; a speaker side sets ``half`` and ``audio_channel`` as the IEMOCAP
+    adapter does (L: left half, channel 0; R: right half, channel 1)."""
     sources = []
     for vi, req in enumerate(requests):
-        for si, ((start, end), text) in enumerate(zip(req.segments, req.texts)):
+        ids = req.utterance_ids or [None] * len(req.segments)
+        for si, ((start, end), text, uid, side) in enumerate(zip(req.segments, req.texts, ids, req.sides())):
+            half, channel = SPEAKERS[side] if side is not None else (None, None)
             sources.append(UtteranceSource(
                 uid=f"v{vi:04d}_s{si:04d}", labels=[0.0] * num_outputs, text=text, video=req.video,
-                audio=req.audio, start=start, end=end, meta={"video_index": vi, "segment_index": si}))
+                audio=req.audio, start=start, end=end, half=half, audio_channel=channel,
+                meta={"video_index": vi, "segment_index": si, "utterance_id": uid, "side": side}))
     return sources
 
 
@@ -387,7 +467,7 @@ class FV2ESPipeline:
             rows[order[src.uid]] = {
                 "video": str(src.video), "start": src.start, "end": rec.meta["end"],
                 "n_frames": int(rec.meta["n_frames"]), "n_faces_found": int(rec.meta["n_faces_found"]),
-                "text": src.text,
+                "text": src.text, "utterance_id": src.meta.get("utterance_id"), "side": src.meta.get("side"),
             }
             pending.append((src, item_from_record(rec, self.frames)))
             if len(pending) >= self.batch_size:
@@ -396,27 +476,33 @@ class FV2ESPipeline:
             flush()
         return scores, [r for r in rows if r is not None]
 
-    def __call__(self, videos: Any, transcripts: Any = None, segments: Any = None, *,
-                 audio: Any = None) -> Predictions:
-        requests = build_requests(videos, transcripts, segments, audio)
+    def predict_requests(self, requests: Sequence[VideoRequest]) -> Predictions:
         scores, rows = self.predict_sources(sources_of(requests, len(self.class_names)))
         return Predictions(self.class_names, self.task, scores, rows)
+
+    def __call__(self, videos: Any, transcripts: Any = None, segments: Any = None, *, audio: Any = None,
+                 utterance_ids: Any = None, speaker: str | None = None) -> Predictions:
+        return self.predict_requests(build_requests(videos, transcripts, segments, audio,
+                                                    utterance_ids=utterance_ids, speaker=speaker))
 
 
 def predict(videos: Any, transcripts: Any = None, segments: Any = None, *,
             checkpoint: str | os.PathLike | None = None, pipeline: FV2ESPipeline | None = None,
             device: str | torch.device | None = None, audio: Any = None, record: Any = None,
-            batch_size: int = 8) -> Predictions:
+            batch_size: int = 8, utterance_ids: Any = None, speaker: str | None = None) -> Predictions:
     """Per-utterance emotion scores of raw video(s); see ``build_requests`` for the argument forms.
 
     Give either ``checkpoint`` (loaded with ``load_checkpoint``) or a ready ``pipeline`` (to reuse a loaded
-    model across calls).
+    model across calls). IEMOCAP dialogs: ``utterance_ids`` (one per segment) pick each speaker's half and
+    channel by Dai's rule, ``speaker="L"|"R"`` sets them for every segment (see the module docstring).
+    The arguments are checked before the checkpoint is loaded.
     """
+    if pipeline is None and checkpoint is None:
+        raise ValueError("predict needs checkpoint=... (a best.pt or its run directory) or pipeline=...")
+    requests = build_requests(videos, transcripts, segments, audio, utterance_ids=utterance_ids, speaker=speaker)
     if pipeline is None:
-        if checkpoint is None:
-            raise ValueError("predict needs checkpoint=... (a best.pt or its run directory) or pipeline=...")
         pipeline = FV2ESPipeline.from_checkpoint(checkpoint, record=record, device=device, batch_size=batch_size)
-    return pipeline(videos, transcripts, segments, audio=audio)
+    return pipeline.predict_requests(requests)
 
 
 # ---------------------------------------------------------------------------------------------- display
@@ -441,8 +527,12 @@ def format_table(probs: np.ndarray | Sequence[Sequence[float]], class_names: Seq
 
 
 def format_predictions(pred: Predictions) -> str:
-    """Per-utterance table plus the per-video mean (the FV2ES system's output)."""
-    labels = [f"{Path(r['video']).name} {r['start']:.2f}-{'end' if r['end'] is None else format(r['end'], '.2f')}"
+    """Per-utterance table plus the per-video mean (the FV2ES system's output). A row names its video, segment,
+    utterance id and speaker side (L / R) when given."""
+    labels = [" ".join([f"{Path(r['video']).name} {r['start']:.2f}-"
+                        f"{'end' if r['end'] is None else format(r['end'], '.2f')}",
+                        *([r["utterance_id"]] if r.get("utterance_id") else []),
+                        *([f"[{r['side']}]"] if r.get("side") else [])])
               for r in pred.rows]
     kind = "probabilities" if pred.task == "multilabel" else "scores in [-1, 1]"
     parts = [f"per-utterance {kind}:", format_table(pred.scores, pred.class_names, labels)]
@@ -472,8 +562,10 @@ def predict_cli(args: Mapping[str, Any]) -> str:
     """What ``emolib predict VIDEO [VIDEO ...] --checkpoint C [--transcript T] [--segments s:e,...]`` prints.
 
     Keys: ``videos`` (list) or ``video``; ``checkpoint``; optional ``transcript`` (text or a file with one line
-    per segment), ``segments`` ("start:end,..."), ``audio`` (separate audio file), ``record``, ``device``,
-    ``batch_size``.
+    per segment), ``segments`` ("start:end,..."), ``audio`` (separate audio file), ``utterance_ids``
+    ("id,id,...", IEMOCAP ids, one per segment: each picks its speaker's half and channel), ``speaker`` (L or R
+    for every segment, overriding the ids), ``record``, ``device``, ``batch_size``. Bad values raise
+    ``ValueError`` before the checkpoint is loaded.
     """
     videos = args.get("videos") or args.get("video")
     if not videos:
@@ -485,6 +577,7 @@ def predict_cli(args: Mapping[str, Any]) -> str:
         raise ValueError("predict: --checkpoint is required (a best.pt or its run directory)")
     pred = predict(videos, _read_transcripts(args.get("transcript")), args.get("segments"), checkpoint=checkpoint,
                    device=args.get("device"), audio=args.get("audio"), record=args.get("record"),
-                   batch_size=int(args.get("batch_size") or 8))
+                   batch_size=int(args.get("batch_size") or 8), utterance_ids=args.get("utterance_ids"),
+                   speaker=args.get("speaker"))
     return format_predictions(pred)
 

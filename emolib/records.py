@@ -51,6 +51,8 @@ _REQUIRED: dict[str, type | tuple[type, ...]] = {
     "protocol": str,
     "seed": int,
     "params": dict,
+    # {parameter: value} of every paper/code/emolib difference of the run's model and dataset (emolib.deviations)
+    "deviations": dict,
     "metrics": dict,
     "thresholds": dict,
     "best_epoch": int,

@@ -69,9 +69,16 @@ class Table:
     frame: pd.DataFrame
     caption: str
     classes: tuple[str, ...] = field(default_factory=tuple)  # per-class columns (classification tables)
+    # The deviation card of the rows shown (emolib.deviations): one row per model and parameter
+    card: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def markdown(self) -> str:
-        return f"**{self.caption}**\n\n" + markdown_table(self.frame) + "\n"
+        text = f"**{self.caption}**\n\n" + markdown_table(self.frame) + "\n"
+        if len(self.card):
+            text += ("\n*Deviation card* (differences between paper, released code and emolib for the rows of this "
+                     "package above; `default` is the side the default follows, `value` what these runs used)\n\n"
+                     + markdown_table(self.card) + "\n")
+        return text
 
     def latex(self) -> str:
         body = self.frame.to_latex(index=False, escape=True, column_format="l" * len(self.frame.columns))
@@ -155,6 +162,31 @@ def regression_table(dataset: str, agg: pd.DataFrame, protocol: str, *, datasets
     return Table(dataset, protocol, pd.DataFrame(rows), f"{title} test results (x{proto.display_scale:g}{note})")
 
 
+def deviation_card(dataset: str, records: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """The deviation card of ``records`` (the runs shown in one table): the dataset's entries once, then each
+    model's, with the value(s) the runs used (several values are listed, comma-separated)."""
+    import json
+
+    from emolib.deviations import card
+
+    rows: list[dict[str, Any]] = []
+    seen: set[tuple[str, str]] = set()
+    models = list(dict.fromkeys(r["model"] for r in records))
+    for model in models:
+        runs = [r for r in records if r["model"] == model]
+        for d in card(model, dataset):
+            owner = "(data)" if d.scope in ("prepare", "data") else model
+            if (owner, d.parameter) in seen:
+                continue
+            seen.add((owner, d.parameter))
+            pool = runs if owner == model else records
+            values = sorted({json.dumps(r.get("deviations", {}).get(d.parameter)) for r in pool})
+            rows.append({"model": owner, "parameter": d.parameter, "what differs": d.what, "default": d.default,
+                         "value": ", ".join(values), "switch": d.values})
+    rows.sort(key=lambda r: (r["model"] != "(data)", r["model"]))
+    return pd.DataFrame(rows, columns=["model", "parameter", "what differs", "default", "value", "switch"])
+
+
 def _table_protocols(declared: Sequence[str], primary_of_runs: set[str], published: pd.DataFrame) -> list[str]:
     """The primary protocol, then every other declared one that a run selected on or a published row uses."""
     used = primary_of_runs | set(published.get("protocol", pd.Series(dtype=str)))
@@ -195,14 +227,17 @@ def build_tables(records: Sequence[dict[str, Any]], *, published_dir: Path = PUB
         published = load_published(name, published_dir)
         classes = tuple(getattr(adapter, "label_names", ()) or classes_of.get(name, ()))
         for protocol in _table_protocols(declared, selected.get(name, set()), published):
+            shown = [r for r in records if r.get("dataset_adapter") == name and protocol in r["metrics"]]
             if get_protocol(protocol).task == "regression":
                 labels_used = {(r["model"], r["variant"], r["dataset"]): r.get("extra", {}).get("sims_labels", "M")
                                for r in records if r.get("dataset_adapter") == name}
-                tables.append(regression_table(name, agg, protocol, datasets=record_datasets, published=published,
-                                               labels_used=labels_used))
+                table = regression_table(name, agg, protocol, datasets=record_datasets, published=published,
+                                         labels_used=labels_used)
             else:
-                tables.append(classification_table(name, agg, protocol, classes=classes, datasets=record_datasets,
-                                                   published=published))
+                table = classification_table(name, agg, protocol, classes=classes, datasets=record_datasets,
+                                             published=published)
+            table.card = deviation_card(name, shown)
+            tables.append(table)
     return tables
 
 
@@ -211,8 +246,10 @@ def write_tables(tables: Sequence[Table], out_dir: str | Path) -> list[Path]:
     written = []
     for t in tables:
         stem = f"{t.dataset}_{t.protocol}"
-        for suffix, text in ((".md", t.markdown()), (".tex", t.latex()),
-                             (".csv", t.frame.to_csv(index=False))):
+        files = [(".md", t.markdown()), (".tex", t.latex()), (".csv", t.frame.to_csv(index=False))]
+        if len(t.card):
+            files.append(("_deviations.csv", t.card.to_csv(index=False)))
+        for suffix, text in files:
             path = out_dir / f"{stem}{suffix}"
             write_text(path, text)
             written.append(path)

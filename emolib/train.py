@@ -70,6 +70,10 @@ class TrainConfig:
     optimizer: str = "adam"  # adam (the papers' choice; weight decay as L2) | adamw
     lr: float = 5e-5
     weight_decay: float = 0.0
+    # Adam/AdamW epsilon: PyTorch's default 1e-8 (the PyTorch papers: Dai, FV2ES, khanhnd); E2EMAL's Keras Adam uses
+    # 1e-7. Keras adds it to sqrt(v) before the bias correction ("epsilon hat"), PyTorch after, so Keras's 1e-7
+    # acts like a PyTorch eps of 1e-7 / sqrt(1 - beta2^t): ~3e-6 at the first step, ~1e-7 after a few thousand.
+    adam_eps: float = 1e-8
     text_lr_factor: float = 10.0  # handed to the model's lr_factors(); the papers divide the text lr by it
     lr_factors: dict[str, float] = field(default_factory=dict)  # {param-name prefix: factor}, beats the model's
     scheduler: str = "none"  # none | cosine (stepped per batch, as Dai's -sc and E2EMAL)
@@ -118,6 +122,9 @@ class TrainConfig:
             p.append("lr must be > 0")
         if self.weight_decay < 0:
             p.append("weight_decay must be >= 0")
+        if isinstance(self.adam_eps, bool) or not isinstance(self.adam_eps, (int, float)) \
+                or not (self.adam_eps > 0 and math.isfinite(self.adam_eps)):
+            p.append("adam_eps must be a finite number > 0")
         try:
             check_text_lr_factor(self.text_lr_factor)
         except (TypeError, ValueError) as err:
@@ -333,7 +340,7 @@ def parameter_groups(model: nn.Module, loss: nn.Module, config: TrainConfig) -> 
 
 def build_optimizer(groups: list[dict[str, Any]], config: TrainConfig) -> torch.optim.Optimizer:
     cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
-    return cls(groups, lr=config.lr, weight_decay=config.weight_decay)
+    return cls(groups, lr=config.lr, weight_decay=config.weight_decay, eps=config.adam_eps)
 
 
 class LrSchedule:
@@ -608,7 +615,7 @@ def curves_from_history(history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 _RUN_INFO_KEYS = ("model", "profile", "variant", "dataset_adapter", "model_params", "data_params", "loss",
-                  "loss_params")
+                  "loss_params", "deviations")
 
 
 def build_record(*, run_info: Mapping[str, Any], config: TrainConfig, dataset_name: str, primary: str,
@@ -634,6 +641,7 @@ def build_record(*, run_info: Mapping[str, Any], config: TrainConfig, dataset_na
         "params": {"model": dict(run_info.get("model_params", {})), "train": config.to_dict(),
                    "data": dict(run_info.get("data_params", {})),
                    "loss": {"name": run_info.get("loss"), **dict(run_info.get("loss_params", {}))}},
+        "deviations": dict(run_info.get("deviations", {})),
         "metrics": best["metrics"],
         "thresholds": {p: m["valid"].get("thresholds") for p, m in best["metrics"].items()},
         "best_epoch": best["epoch"],

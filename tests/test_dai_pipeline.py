@@ -133,5 +133,7 @@ def test_model_warns_when_the_cache_is_not_dais(tiny_caches, dai_cache) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert warn_recipe_mismatch(model, Cache(dai_cache), dai_cache) == []
+        audio = build_model("audio-only", "tiny", num_outputs=6)  # sees no faces: no warning
+        assert warn_recipe_mismatch(audio, Cache(tiny_caches["iemocap"]), tiny_caches["iemocap"]) == []
         e2emal = build_model("e2emal", "tiny", num_outputs=6)  # not a Dai model: no warning
         assert warn_recipe_mismatch(e2emal, Cache(tiny_caches["iemocap"]), tiny_caches["iemocap"]) == []

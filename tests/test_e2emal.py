@@ -3,6 +3,7 @@ SWA in the trainer, and training through run_experiment on a tiny synthetic CMU-
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from torch.utils.data import Dataset
 
 from emolib.data.cache import CacheWriter
 from emolib.data.faces import aspect_pad_48
+from emolib.data.prepare import PrepareParams, make_cropper
 from emolib.experiment import Experiment, run_experiment
 from emolib.labels import MOSEI_EMOTIONS
 from emolib.losses import (
@@ -47,6 +49,7 @@ from emolib.models.e2emal_inputs import (
 )
 from emolib.recipes.e2emal import (
     E2EMAL_FRAMES,
+    E2EMAL_PREPARE,
     e2emal_loss_params,
     e2emal_train_config,
     modality_attention,
@@ -54,7 +57,7 @@ from emolib.recipes.e2emal import (
     size_breakdown,
 )
 from emolib.records import validate_record
-from emolib.train import LrSchedule, TrainConfig, fit
+from emolib.train import LrSchedule, TrainConfig, build_optimizer, fit, parameter_groups
 
 GLOVE = """3 4
 i 0.1 0.2 0.3 0.4
@@ -447,6 +450,24 @@ def test_schedule_matches_e2emal_cus_lr_scheduler() -> None:
         elif step != 150:  # TF adds min_lr twice at exactly step T_max
             assert ours == pytest.approx(_cus_lr(step, 1e-3, 1e-4, 50, 150), rel=1e-9)
     assert config.lr * schedule(199) == pytest.approx(1e-4)
+
+
+def test_e2emal_adam_uses_keras_epsilon() -> None:
+    # th2l/E2EMAL main.py: tf.keras.optimizers.Adam(learning_rate=...) keeps Keras's default epsilon 1e-7.
+    config = TrainConfig(**e2emal_train_config())
+    assert config.adam_eps == 1e-7 and TrainConfig().adam_eps == 1e-8
+    model = nn.Linear(3, 2)
+    optimizer = build_optimizer(parameter_groups(model, nn.Identity(), config), config)
+    assert {g["eps"] for g in optimizer.param_groups} == {1e-7}
+    assert TrainConfig(**e2emal_train_config(adam_eps=1e-8)).adam_eps == 1e-8  # PyTorch's, for comparison
+
+
+def test_e2emal_cache_keeps_the_largest_face_of_at_least_its_threshold() -> None:
+    # The face E2EMAL's face_extractor.py keeps: the largest of the detections >= 0.65, the model's own threshold.
+    params = PrepareParams(**E2EMAL_PREPARE)
+    assert params.min_face_conf == 0.65 == E2EMAL.default_config().min_face_conf
+    assert make_cropper(dataclasses.replace(params, device="cpu")).min_conf == 0.65
+    assert PrepareParams().min_face_conf == 0.0  # the shared caches keep the largest face of any confidence
 
 
 # ------------------------------------------------------------------------------------------------ SWA

@@ -378,3 +378,246 @@ def test_notebook_helpers_pick_the_parameters_each_loss_and_task_takes() -> None
         {"tasks": ["audio", "text", "visual"], "temperature": 10.0}
     with pytest.raises(ValueError, match="multitask"):
         R.multitask_loss_params("bce", task="multilabel")
+    # The heads a configuration trains: all four by default, the fused one alone under fusion_only.
+    assert R.loss_tasks("tiny") == list(mt.TASKS)
+    assert R.loss_tasks("tiny", fusion="dict") == ["audio", "text", "visual"]
+    assert R.loss_tasks("tiny-fusion-only") == R.loss_tasks("tiny", fusion="gate", fusion_only=True) == ["fusion"]
+    assert R.loss_tasks("tiny-mbt2", modalities="va") == ["audio", "visual", "fusion"]
+    assert R.multitask_loss_params("mean", task="multilabel", tasks=R.loss_tasks("tiny")) == {}
+    assert R.multitask_loss_params("dwa", task="multilabel", tasks=["fusion"]) == {"tasks": ["fusion"],
+                                                                                  "temperature": 10.0}
+    with pytest.raises(ValueError, match="tasks"):
+        R.multitask_loss_params("mean", task="multilabel", tasks=["face"])
+
+
+# ------------------------------------------------------------------- the released code's variants (§4.2)
+
+
+def _oembt_by_hand(mbt: E.BottleneckTransformer, inputs, center: str, code_update: bool = False):
+    """One OEMBT layer written out as khanhnd185/EmoMBT src/models/mbt.py OEMBT.forward lays it out: the centre
+    holds two tokens, the others one; each pair's token is averaged over its two holders."""
+    v, mv, a, ma, t, mt_ = inputs
+    tok = {k: getattr(mbt, k).expand(2, -1, -1) for k in mbt.tokens}
+    pad = lambda m, n: torch.cat([torch.zeros(2, n, dtype=torch.bool), m], 1)  # noqa: E731
+    seqs = {"text": {"visual": ["b_vt"], "audio": ["b_ta"], "text": ["b_vt", "b_ta"]},
+            "visual": {"visual": ["b_av", "b_vt"], "audio": ["b_av"], "text": ["b_vt"]},
+            "audio": {"visual": ["b_av"], "audio": ["b_av", "b_ta"], "text": ["b_ta"]}}[center]
+    x = {"visual": (v, mv), "audio": (a, ma), "text": (t, mt_)}
+    out = {m: getattr(mbt, f"{m[0]}_layers")[0](torch.cat([tok[n] for n in seqs[m]] + [x[m][0]], 1),
+                                                 src_key_padding_mask=pad(x[m][1], len(seqs[m])))
+           for m in ("visual", "audio", "text")}
+    slot = {m: {n: i for i, n in enumerate(names)} for m, names in seqs.items()}
+    shared = {n: (out[m1][:, slot[m1][n]] + out[m2][:, slot[m2][n]]) / 2
+              for n in mbt.tokens for m1, m2 in [[m for m in seqs if n in seqs[m]]]}
+    if code_update:  # the code's text-centred update: t[1] = (new t[0] + a[1]) / 2, a[1] being CLS_a
+        shared["b_ta"] = (shared["b_vt"] + out["audio"][:, 1]) / 2
+    return out, shared, seqs
+
+
+@pytest.mark.parametrize("center", E.MODALITIES)
+def test_oembt_centre_holds_two_tokens_and_the_others_one(center: str) -> None:
+    torch.manual_seed(0)
+    layout = E.bottleneck_layout("oembt", center)
+    mbt = E.BottleneckTransformer(d=8, nlayers=1, nheads=2, dim_feedforward=16, layout=layout).eval()
+    # Only the two tokens of the centre's pairs exist (the code creates all three and leaves one unused).
+    assert set(mbt.tokens) == {n for n, pair in E.TOKEN_PAIRS.items() if center in pair}
+    assert {n for n, _ in mbt.named_parameters() if n.startswith("b_")} == set(mbt.tokens)
+    assert mbt.cls_index == {m: 2 if m == center else 1 for m in E.MODALITIES}
+    inputs = _mbt_inputs()
+    out, shared, seqs = _oembt_by_hand(mbt, inputs, center)
+    assert {m: list(t) for m, t in mbt.layout.items()} == seqs
+    got = mbt(*inputs)
+    for m, names in seqs.items():
+        for i, n in enumerate(names):
+            torch.testing.assert_close(got.sequences[m][:, i], shared[n])
+        k = len(names)
+        torch.testing.assert_close(got.sequences[m][:, k:], out[m][:, k:])  # CLS and the rest untouched
+        torch.testing.assert_close(getattr(got, m), out[m][:, k])  # CLS right after the tokens
+
+
+def test_oembt_code_update_reproduces_the_text_centred_slots() -> None:
+    torch.manual_seed(0)
+    layout = E.bottleneck_layout("oembt", "text")
+    mbt = E.BottleneckTransformer(d=8, nlayers=1, nheads=2, dim_feedforward=16, layout=layout,
+                                  code_text_update=True).eval()
+    inputs = _mbt_inputs()
+    out, shared, _ = _oembt_by_hand(mbt, inputs, "text", code_update=True)
+    got = mbt(*inputs).sequences
+    torch.testing.assert_close(got["text"][:, 0], shared["b_vt"])
+    torch.testing.assert_close(got["visual"][:, 0], shared["b_vt"])
+    torch.testing.assert_close(got["text"][:, 1], shared["b_ta"])
+    torch.testing.assert_close(got["audio"][:, 0], shared["b_ta"])
+    torch.testing.assert_close(got["audio"][:, 1], out["audio"][:, 1])  # CLS_a itself is not overwritten
+    correct = E.BottleneckTransformer(d=8, nlayers=1, nheads=2, dim_feedforward=16, layout=layout).eval()
+    correct.load_state_dict(mbt.state_dict())
+    assert not torch.allclose(correct(*inputs).sequences["text"][:, 1], got["text"][:, 1])
+    with pytest.raises(ValueError, match="text-centred"):
+        E.BottleneckTransformer(d=8, nlayers=1, nheads=2, code_text_update=True)
+
+
+@pytest.mark.parametrize("pair", ["tv", "ta", "va"])
+def test_mbt2_shares_one_token_between_two_modalities(pair: str) -> None:
+    torch.manual_seed(0)
+    names = [E.LETTERS[x] for x in pair]
+    layout = E.bottleneck_layout("mbt2", modalities=names)
+    mbt = E.BottleneckTransformer(d=8, nlayers=2, nheads=2, dim_feedforward=16, layout=layout).eval()
+    token = {"tv": "b_vt", "ta": "b_ta", "va": "b_av"}[pair]
+    assert mbt.tokens == (token,) and set(layout) == set(names) and mbt.cls_index == {m: 1 for m in names}
+    assert not any(hasattr(mbt, f"{m[0]}_layers") for m in E.MODALITIES if m not in names)
+    v, mv, a, ma, t, mt_ = _mbt_inputs()
+    given = {"visual": (v, mv), "audio": (a, ma), "text": (t, mt_)}
+    args = [x for m in ("visual", "audio", "text") for x in (given[m] if m in names else (None, None))]
+    out = mbt(*args)
+    first, second = (out.sequences[m] for m in layout)
+    assert torch.equal(first[:, 0], second[:, 0])
+    absent = next(m for m in E.MODALITIES if m not in names)
+    assert getattr(out, absent) is None and absent not in out.sequences
+    with pytest.raises(ValueError, match="must be None"):
+        mbt(*[x for m in ("visual", "audio", "text") for x in given[m]])
+
+
+def _variant(name: str, **overrides) -> E.EmoMBT:
+    torch.manual_seed(0)
+    return build_model("emombt", name, num_outputs=6, text_model="tiny-random", image_size=32, **overrides)
+
+
+@pytest.mark.parametrize(("name", "overrides", "heads"), [
+    ("tiny-oembt", {}, {"text", "visual", "audio", "fusion"}),
+    ("tiny-oembt", {"center": "audio", "fusion": "gate"}, {"text", "visual", "audio", "fusion"}),
+    ("tiny-mbt2", {}, {"text", "visual", "fusion"}),
+    ("tiny-mbt2", {"modalities": "ta", "fusion": "avg"}, {"text", "audio", "fusion"}),
+    ("tiny-fusion-only", {}, {"fusion"}),
+])
+def test_each_variant_returns_its_heads_and_trains_every_parameter(name, overrides, heads) -> None:
+    model = _variant(name, **overrides).train()
+    batch = contract_batch(**EMOMBT_BATCH)
+    out = model(batch)
+    assert set(out) == heads | {"logits"} and all(v.shape == (2, 6) for v in out.values())
+    assert torch.equal(out["logits"], out["fusion"])
+    tasks = R.loss_tasks(name, **overrides)
+    assert set(tasks) == heads
+    loss = mt.MeanTaskLoss(train_labels=np.eye(6, dtype=np.float32), tasks=tasks)
+    total, parts = loss(out, batch["labels"])
+    assert {k for k in parts if k.startswith("loss_")} == {f"loss_{t}" for t in heads}
+    total.backward()
+    silent = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
+    assert not silent, silent
+
+
+def test_mbt2_builds_only_the_two_branches() -> None:
+    model = _variant("tiny-mbt2", modalities="va", fusion="dict")
+    assert model.modalities == ("v", "a") and model.infer == "visual"
+    assert not hasattr(model, "text_encoder") and not hasattr(model, "t_out") and set(model.weights_info) == {
+        "visual", "audio"}
+    assert set(model.lr_factors(10)) == {"visual.backbone", "audio.backbone"}
+    batch = {k: v for k, v in contract_batch(**EMOMBT_BATCH).items() if k != "text"}  # no transcript needed
+    with torch.no_grad():
+        out = model.eval()(batch)
+    assert set(out) == {"visual", "audio", "logits"} and torch.equal(out["logits"], out["visual"])
+    assert _variant("tiny-mbt2", modalities="at", fusion="dict").infer == "text"  # no visual head to infer from
+
+
+def test_fusion_only_trains_the_fused_output_alone() -> None:
+    """The code's avg/gate fusions (and --fusion fusion) return only the fused logits, so one loss trains the
+    model through the fusion: with fusion_only every gradient is that of the fused output's loss."""
+    batch = contract_batch(**EMOMBT_BATCH)
+    labels = batch["labels"]
+    bce = mt.MeanTaskLoss(train_labels=np.eye(6, dtype=np.float32), tasks=("fusion",))
+    four = mt.MeanTaskLoss(train_labels=np.eye(6, dtype=np.float32))
+    for fusion in ("avg", "gate", "mlp"):
+        full = _variant("tiny", fusion=fusion).eval()
+        only = _variant("tiny", fusion=fusion, fusion_only=True).eval()
+        only.load_state_dict(full.state_dict())
+        out = only(batch)
+        assert set(out) == {"fusion", "logits"}
+        total, parts = bce(out, labels)
+        assert [k for k in parts if k.startswith("loss_")] == ["loss_fusion"]
+        total.backward()
+        bce(full(batch), labels)[0].backward()  # the fused loss alone, from the multi-head model
+        for (n, p), q in zip(only.named_parameters(), full.parameters()):
+            assert (p.grad is None) == (q.grad is None), n
+            if p.grad is not None:
+                torch.testing.assert_close(p.grad, q.grad, msg=n)
+        full.zero_grad()
+        four(full(batch), labels)[0].backward()  # the default: every head has its own loss
+        assert not torch.allclose(only.t_out.weight.grad, full.t_out.weight.grad), fusion
+        with pytest.raises(KeyError, match=r"tasks=\('fusion',\)"):
+            four(out, labels)
+
+
+def test_variant_configs_and_their_errors() -> None:
+    paper = E.EMOMBT_CONFIGS["paper"]
+    assert (paper.mbt, paper.modalities, paper.fusion_only, paper.oembt_code_update) == ("mbt3", "tav", False, False)
+    for name in ("oembt", "mbt2", "fusion-only"):
+        tiny = E.EMOMBT_CONFIGS[f"tiny-{name}"]
+        assert tiny.replace(**{k: getattr(E.EMOMBT_CONFIGS["tiny"], k) for k in ("mbt", "modalities",
+                                                                                 "fusion_only")}) \
+            == E.EMOMBT_CONFIGS["tiny"]
+        assert E.EMOMBT_CONFIGS[name].d == 512  # the paper sizes
+    with pytest.raises(ValueError, match="two modalities"):
+        E.EmoMBTConfig(modalities="tv")
+    with pytest.raises(ValueError, match="needs all three"):
+        E.EmoMBTConfig(mbt="mbt2")
+    with pytest.raises(ValueError, match="mbt must be"):
+        E.EmoMBTConfig(mbt="mbt4")
+    with pytest.raises(ValueError, match="center='text'"):
+        E.EmoMBTConfig(mbt="oembt", center="audio", oembt_code_update=True)
+    with pytest.raises(ValueError, match="dict"):
+        E.EmoMBTConfig(fusion="dict", fusion_only=True)
+    with pytest.raises(ValueError, match="infer"):
+        E.EmoMBTConfig(fusion_only=True, infer="text")
+    with pytest.raises(ValueError, match="infer"):
+        E.EmoMBTConfig(mbt="mbt2", modalities="ta", infer="visual")
+    with pytest.raises(ValueError, match="swap_text_visual_keys"):
+        E.EmoMBTConfig(mbt="mbt2", modalities="ta", swap_text_visual_keys=True)
+
+
+# ------------------------------------------------------------------------------- model selection: f1 + acc
+
+
+def test_selection_protocol_finds_plain_accuracy_or_names_the_keys() -> None:
+    mosei = ["dai-mosei", "dai-iemocap", "e2emal"]
+    assert R.selection_protocol(mosei) == "dai-mosei"  # the table's protocol
+    assert R.selection_protocol(mosei, "f1") == "dai-mosei"
+    assert R.selection_protocol(mosei, "f1+acc") == "dai-iemocap"  # khanhnd's criterion: plain accuracy
+    assert R.selection_protocol(["dai-iemocap", "e2emal"], "f1+acc") == "dai-iemocap"
+    assert R.selection_protocol(mosei, "wacc", primary="e2emal") == "e2emal"
+    with pytest.raises(ValueError, match=r"'dai-mosei' has no \['acc'\].*dai-iemocap: acc, f1"):
+        R.selection_protocol(mosei, "f1+acc", primary="dai-mosei")
+    with pytest.raises(ValueError, match="sims: acc2, f1, mae, corr"):
+        R.selection_protocol(["sims"], "f1+acc")
+    with pytest.raises(ValueError, match="not one of"):
+        R.selection_protocol(mosei, primary="sims")
+
+
+def test_f1_plus_acc_selection_on_a_tiny_mosei_release(synthetic_release, synthetic_cache, tmp_path: Path) -> None:
+    """MOSEI-shaped data: the table protocol (dai-mosei) has weighted accuracy only, so the recipe selects on
+    dai-iemocap's plain accuracy (the adapter's code variant); here with the fusion-only variant and the loss
+    on its fused output alone, as notebook 05 wires them."""
+    from emolib.data.formats import parse_mosei_transcript
+    from emolib.experiment import Experiment, load_splits, run_experiment
+
+    # The tiny release has two videos, too few for video-disjoint folds: assign utterances (as test_predict).
+    root = synthetic_release("mosei")
+    uids = sorted(seg.utt_id for t in (root / "Transcript/Combined").glob("*.txt") for seg in parse_mosei_transcript(t))
+    folds = {s: [u for i, u in enumerate(uids) if ("train", "train", "valid", "test")[i % 4] == s]
+             for s in ("train", "valid", "test")}
+    cache = synthetic_cache("mosei", folds=folds)
+    data = load_splits(cache)
+    assert R.dataset_protocols(data.cache)[0] == "dai-mosei"
+    primary = R.selection_protocol(data.cache, "f1+acc")
+    assert primary == "dai-iemocap"
+    exp = Experiment(profile="t", model="emombt", cache_dir=cache, config="tiny-fusion-only", variant="mean",
+                     model_overrides={"text_model": "tiny-random", "image_size": 32, "fusion": "avg"}, loss="mean",
+                     loss_params=R.multitask_loss_params("mean", task="multilabel",
+                                                         tasks=R.loss_tasks("tiny-fusion-only", fusion="avg")),
+                     train={"epochs": 2, "batch_size": 2, "lr": 1e-3, "device": "cpu", "progress": False,
+                            "select_metric": "f1+acc", "primary_protocol": primary, "max_steps_per_epoch": 2},
+                     results_root=tmp_path)
+    record = run_experiment(exp, [0], data=data)[0]
+    assert record["protocol"] == "dai-iemocap" and record["params"]["model"]["fusion_only"] is True
+    valid = record["metrics"]["dai-iemocap"]["valid"]["average"]
+    assert record["best_select"] == pytest.approx(valid["f1"] + valid["acc"])
+    assert "wacc" in record["metrics"]["dai-mosei"]["test"]["average"]  # the table protocol is still reported
+    assert set(record["curves"]["train_parts"]) >= {"loss_fusion"}
+    assert not any(k.startswith("loss_") and k != "loss_fusion" for k in record["curves"]["train_parts"])

@@ -6,9 +6,12 @@ import numpy as np
 import pytest
 import torch
 from facenet_pytorch import MTCNN
+from facenet_pytorch.models.utils.detect_face import detect_face
 from PIL import Image, ImageDraw, ImageFilter
 
 from emolib.data.faces import FaceCropper, FaceCrops, aspect_pad_48, benchmark_mtcnn
+from emolib.data.prepare import PrepareParams, make_cropper
+from emolib.models.e2emal_inputs import restore_aspect_faces, select_face_clips
 
 
 def draw_face(
@@ -193,6 +196,65 @@ def test_aspect_crop_mode_for_e2emal(faces):
     assert out.found.tolist() == [True, False] and (out.faces[1] == 0).all()
     x1, y1, x2, y2 = (int(v) for v in out.boxes[0])
     np.testing.assert_array_equal(out.faces[0], aspect_pad_48(faces[0][y1:y2, x1:x2], 48))
+
+
+@pytest.fixture(scope="module")
+def two_faces():
+    """A 480x260 frame with two drawn faces: a large one on the left (narrowed eyes and a frown lower its MTCNN
+    probability to ~0.987) and a smaller one on the right (~0.997); and every detection (x1, y1, x2, y2, p) of
+    facenet's detector, largest first."""
+    frame = draw_face(w=480, h=260, cx=140, cy=130, fw=150, eye_open=0.3, mouth=-0.5).copy()
+    frame[:, 260:] = draw_face(w=480, h=260, cx=370, cy=130, fw=100)[:, 260:]
+    m = MTCNN()
+    with torch.no_grad():
+        boxes, _ = detect_face(torch.as_tensor(frame[None]), m.min_face_size, m.pnet, m.rnet, m.onet, m.thresholds,
+                               m.factor, "cpu")
+    dets = np.asarray(boxes[0], dtype=float).reshape(-1, 5)
+    dets = dets[np.argsort(-(dets[:, 2] - dets[:, 0]) * (dets[:, 3] - dets[:, 1]))]
+    assert len(dets) == 2 and dets[0, 0] < 240 < dets[1, 0], dets  # the large face left, the small one right
+    assert dets[0, 4] < dets[1, 4], "the larger face must be the less confident one"
+    return frame, dets
+
+
+def test_min_conf_keeps_the_largest_passing_face(two_faces):
+    # E2EMAL (th2l/E2EMAL face_extractor.py) keeps the largest face among those with confidence >= 0.65. MTCNN's
+    # output stage already rejects p <= 0.7, so no real detection is below 0.65: the threshold is placed between
+    # the two faces' probabilities instead, which exercises the same rule.
+    frame, (big, small) = two_faces
+    cut = float((big[4] + small[4]) / 2)
+    largest = FaceCropper(size=48).crop([frame])  # min_conf 0: the largest face, whatever its confidence
+    np.testing.assert_allclose(largest.boxes[0], big[:4], atol=1e-3)
+    assert largest.conf[0] == pytest.approx(big[4], abs=1e-6)
+    passing = FaceCropper(size=48, min_conf=cut).crop([frame])
+    assert passing.found[0] and passing.conf[0] == pytest.approx(small[4], abs=1e-6)
+    np.testing.assert_allclose(passing.boxes[0], small[:4], atol=1e-3)
+    aspect = FaceCropper(size=48, crop="aspect", min_conf=cut, fallback="black").crop([frame])
+    x1, y1, x2, y2 = (int(v) for v in small[:4])
+    np.testing.assert_array_equal(aspect.faces[0], aspect_pad_48(frame[y1:y2, x1:x2], 48))
+    none = FaceCropper(size=48, min_conf=float(small[4]) + 1e-4).crop([frame])
+    assert not none.found[0] and none.conf[0] == 0
+
+
+def test_e2emal_sees_the_smaller_passing_face_only_in_a_cache_built_with_its_threshold(two_faces):
+    frame, (big, small) = two_faces
+    cut = float((big[4] + small[4]) / 2)  # stands for E2EMAL's 0.65 (see the test above)
+
+    def e2emal_clip(min_face_conf: float):
+        crops = make_cropper(PrepareParams(face_size=96, min_face_conf=min_face_conf, device="cpu")).crop([frame])
+        faces = torch.from_numpy(crops.faces).permute(0, 3, 1, 2)
+        return crops, select_face_clips(faces, torch.tensor([1]), torch.from_numpy(crops.conf),
+                                        torch.from_numpy(crops.boxes), min_conf=cut)
+
+    # A cache of the largest face of any confidence (min_face_conf 0): the frame is dropped at load time.
+    _, (clips, counts) = e2emal_clip(0.0)
+    assert counts.tolist() == [0] and clips.abs().sum() == 0
+    # A cache built with E2EMAL's threshold stores the smaller face that passes, and E2EMAL uses it.
+    crops, (clips, counts) = e2emal_clip(cut)
+    np.testing.assert_allclose(crops.boxes[0], small[:4], atol=1e-3)
+    assert counts.tolist() == [1] and clips[0, 1:].abs().sum() == 0
+    expected = restore_aspect_faces(torch.from_numpy(crops.faces).permute(0, 3, 1, 2), torch.from_numpy(crops.boxes))
+    torch.testing.assert_close(clips[0, 0], expected[0])
+    assert clips[0, 0].abs().sum() > 0
 
 
 def test_benchmark_reports_rates(faces):

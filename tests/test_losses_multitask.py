@@ -80,6 +80,28 @@ def test_sims_heads_must_have_one_column_and_fusion_must_exist() -> None:
         mt.MeanTaskLoss(train_labels=SIMS, base="bce")
 
 
+def test_classification_takes_sims_labels_m_and_a_fused_only_model_takes_one_task() -> None:
+    labels = torch.tensor(BINARY[:4])
+    outs = _outputs(4, 3)
+    # run_experiment hands every multitask loss Experiment.sims_labels ("M" unless set): fine for classification.
+    plain, with_m = mt.MeanTaskLoss(train_labels=BINARY), mt.MeanTaskLoss(train_labels=BINARY, sims_labels="M")
+    assert float(plain(outs, labels)[0]) == float(with_m(outs, labels)[0])
+    with pytest.raises(ValueError, match="regression labels only"):
+        mt.MeanTaskLoss(train_labels=BINARY, sims_labels="M,A,T,V")
+    # emombt fusion_only returns {"fusion", "logits"}: tasks=("fusion",); mean and DWA are then the fused loss.
+    fused = {"fusion": outs["fusion"], "logits": outs["fusion"]}
+    expected = _bce(outs["fusion"].numpy(), BINARY[:4], np.array([1.5, 1.5, 4.0]))
+    for cls in (mt.MeanTaskLoss, mt.DwaTaskLoss):
+        loss = cls(train_labels=BINARY, tasks=("fusion",))
+        for _ in range(3):  # DWA past its first two steps: N softmax over one task is 1
+            total, parts = loss(fused, labels)
+            assert float(total.detach()) == pytest.approx(expected, rel=1e-5)
+        assert {k for k in parts if k.startswith(("loss_", "weight_"))} == {"loss_fusion", "weight_fusion"}
+    with pytest.raises(KeyError, match=r"fusion_only=True, needs tasks=\('fusion',\)"):
+        mt.MeanTaskLoss(train_labels=BINARY)(fused, labels)
+    with pytest.raises(KeyError, match=r"tasks=\('text', 'fusion'\)"):
+        mt.MeanTaskLoss(train_labels=BINARY)({"text": outs["text"], "fusion": outs["fusion"]}, labels)
+
 def test_dwa_weights_follow_the_formula_on_a_hand_made_history() -> None:
     loss = mt.DwaTaskLoss(train_labels=BINARY, temperature=10.0)
     history = [torch.tensor(v) for v in ([1.0, 2.0, 0.5, 1.5], [0.8, 1.0, 0.6, 1.5], [0.4, 0.9, 0.7, 1.2],

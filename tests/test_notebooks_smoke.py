@@ -25,7 +25,7 @@ steps:
   - name: data
     notebook: notebooks/01_data.ipynb
     parameters: {synth_size: tiny, face_size: 48, mtcnn_batch: 16}
-    runs: [{id: sims, dataset: sims}, {id: iemocap, dataset: iemocap}]
+    runs: [{id: sims, dataset: sims}, {id: iemocap, dataset: iemocap, face_recipe: dai}]
     outputs: ['results/nbsmoke/cache/{dataset}/index.jsonl']
   - name: baselines
     notebook: notebooks/02_unimodal_baselines.ipynb
@@ -78,6 +78,10 @@ def test_notebooks_run_through_the_runner(tmp_path: Path) -> None:
     assert datasets == ["synthetic-iemocap"] * 2 + ["synthetic-sims"] * 6, datasets
     table = (results / "tables" / "sims_sims.md").read_text()
     assert "this package" in table and "published" in table and "synthetic-sims" in table
+    # the deviation card of the rows shown sits under the table
+    assert "*Deviation card*" in table and "model.swap_text_visual_keys" in table and "loss.freeze_sigma" in table
+    provenance = json.loads((results / "cache" / "iemocap" / "provenance.json").read_text())
+    assert provenance["parameters"]["frame_center_crop"] == 224  # notebook 01's face_recipe: dai
     assert sorted(p.name for p in (results / "figures").glob("*.png"))
     # a second run with nothing changed skips every step
     again = io.StringIO()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +11,12 @@ import torch
 
 import emolib.models.fe2e
 import emolib.models.fv2es  # noqa: F401  (registers "fv2es")
+from emolib.cli import main as cli_main
 from emolib.data.cache import Cache
 from emolib.data.dataset import CachedDataset, FrameOptions, collate
 from emolib.data.formats import parse_mosei_transcript
+from emolib.data.media import read_audio
+from emolib.data.prepare import to_int16
 from emolib.experiment import Experiment, run_experiment
 from emolib.models import model_config
 from emolib.predict import (
@@ -20,11 +24,13 @@ from emolib.predict import (
     build_requests,
     find_run_record,
     format_table,
+    item_from_record,
     load_checkpoint,
     parse_segments,
     predict,
     predict_cli,
     sources_of,
+    speaker_side,
 )
 
 TRAIN = {"epochs": 2, "batch_size": 2, "max_steps_per_epoch": 1, "device": "cpu", "progress": False, "lr": 1e-3}
@@ -165,6 +171,103 @@ def test_predict_whole_video_and_cli_output(mosei, fv2es_run) -> None:
                         "segments": "0:1.5,1.5:3", "device": "cpu"})
     assert "per-video mean" in text and "happiness" in text
     assert text.count(Path(request["videos"]).name) == 3  # two utterance rows + the video row
+
+
+def _iemocap_dialog(cache_dir: Path) -> tuple[Cache, list[str], dict]:
+    """The cached utterances of an IEMOCAP dialog in which both actors speak, sorted by start time, and the
+    request that predicts them: the dialog's video, its stereo wav, the segments, texts and utterance ids."""
+    cache = Cache(cache_dir)
+    videos = sorted({cache.meta(u)["sources"]["video"] for u in cache.uids()})
+    for video in videos:
+        uids = sorted((u for u in cache.uids() if cache.meta(u)["sources"]["video"] == video),
+                      key=lambda u: cache.meta(u)["start"])
+        if {cache.meta(u)["side"] for u in uids} == {"L", "R"}:
+            break
+    else:
+        raise AssertionError("no dialog of the tiny IEMOCAP release has utterances of both actors")
+    metas = [cache.meta(u) for u in uids]
+    request = {"videos": video, "segments": [(m["start"], m["end"]) for m in metas],
+               "transcripts": [m["text"] for m in metas], "audio": metas[0]["sources"]["audio"],
+               "utterance_ids": uids}
+    return cache, uids, request
+
+
+def test_iemocap_speaker_from_the_utterance_id_gives_the_cached_inputs(tiny_releases, tiny_caches, fv2es_run) -> None:
+    cache, uids, request = _iemocap_dialog(tiny_caches["iemocap"])
+    assert Path(request["videos"]).is_relative_to(tiny_releases["iemocap"])
+    pipeline = FV2ESPipeline.from_checkpoint(fv2es_run["best"], device="cpu")
+    # the checkpoint's cache and the IEMOCAP cache were prepared alike: the pipeline must reproduce the latter
+    ignore = ("device",)
+    ours = {k: v for k, v in dataclasses.asdict(pipeline.prepare).items() if k not in ignore}
+    assert ours == {k: v for k, v in cache.provenance["parameters"].items() if k not in ignore}
+
+    requests = build_requests(request["videos"], request["transcripts"], request["segments"], request["audio"],
+                              utterance_ids=request["utterance_ids"])
+    sources = sources_of(requests, len(pipeline.class_names))
+    sides = [cache.meta(u)["side"] for u in uids]
+    assert requests[0].sides() == sides == [speaker_side(u) for u in uids]
+    assert [(s.half, s.audio_channel) for s in sources] == [("left", 0) if d == "L" else ("right", 1) for d in sides]
+    # the same model inputs as the records prepare wrote: frame times, face crops, boxes and audio, bit-exact
+    extracted = [rec for _, rec in pipeline.extract(sources)]
+    assert len(extracted) == len(uids)
+    for uid, rec in zip(uids, extracted):
+        cached = cache.load(uid)
+        for key in ("frame_times", "faces", "face_conf", "face_boxes", "face_found", "audio"):
+            np.testing.assert_array_equal(getattr(rec, key), getattr(cached, key), err_msg=f"{uid}: {key}")
+        mine, theirs = item_from_record(rec, pipeline.frames), item_from_record(cached, pipeline.frames)
+        assert torch.equal(mine["faces"], theirs["faces"]) and torch.equal(mine["audio"], theirs["audio"])
+
+    pred = predict(request["videos"], request["transcripts"], request["segments"], pipeline=pipeline,
+                   audio=request["audio"], utterance_ids=",".join(uids))
+    assert [r["side"] for r in pred.rows] == sides and [r["utterance_id"] for r in pred.rows] == uids
+    dataset = CachedDataset(cache, frames=pipeline.frames)
+    batch = collate([dataset[dataset.uids.index(u)] for u in uids])
+    with torch.no_grad():
+        cached_probs = torch.sigmoid(pipeline.model(batch)["logits"]).numpy()
+    np.testing.assert_allclose(pred.scores, cached_probs, atol=1e-4, rtol=0)
+
+
+def test_speaker_overrides_the_utterance_id(tiny_caches, fv2es_run, capsys) -> None:
+    cache, uids, request = _iemocap_dialog(tiny_caches["iemocap"])
+    uid = next(u for u in uids if cache.meta(u)["side"] == "L")
+    meta = cache.meta(uid)
+    segment = (meta["start"], meta["end"])
+    pipeline = FV2ESPipeline.from_checkpoint(fv2es_run["best"], device="cpu")
+    (request_r,) = build_requests(request["videos"], meta["text"], [segment], request["audio"], utterance_ids=uid,
+                                  speaker="r")
+    assert request_r.speaker == "R" and request_r.sides() == ["R"]
+    (source,) = sources_of([request_r], 6)
+    assert (source.half, source.audio_channel) == ("right", 1)
+    (_, rec), = pipeline.extract([source])
+    cached = cache.load(uid)
+    # the other actor's channel of the dialog's wav, and faces cropped from the other half
+    other = to_int16(read_audio(request["audio"], start_s=segment[0], end_s=segment[1], mono=False, channel=1))
+    np.testing.assert_array_equal(rec.audio, other)
+    assert not np.array_equal(rec.audio, cached.audio)
+    assert rec.faces.shape == cached.faces.shape and not np.array_equal(rec.faces, cached.faces)
+    assert (rec.face_boxes[rec.face_found][:, 2] <= 320).all()  # boxes inside the 320 px half
+    assert source.meta["utterance_id"] == uid and source.meta["side"] == "R"
+
+    # the CLI: --speaker overrides the side the id gives; the rows name id and side
+    args = [request["videos"], "--checkpoint", str(fv2es_run["best"]), "--segments", f"{segment[0]}:{segment[1]}",
+            "--audio", request["audio"], "--utterance-ids", uid, "--device", "cpu"]
+    assert cli_main(["predict", *args]) == 0
+    assert f"{uid} [L]" in capsys.readouterr().out
+    assert cli_main(["predict", *args, "--speaker", "R"]) == 0
+    assert f"{uid} [R]" in capsys.readouterr().out
+    # bad values: one clear error line, before the checkpoint is loaded
+    for extra, message in ((["--speaker", "X"], "speaker must be L (left half, audio channel 0) or R"),
+                           (["--utterance-ids", "Ses01_bad"], "not an IEMOCAP utterance id: 'Ses01_bad'"),
+                           (["--utterance-ids", f"{uid},{uid}"], "2 utterance ids for 1 segments")):
+        assert cli_main(["predict", *args, *extra]) == 2
+        captured = capsys.readouterr()
+        lines = captured.err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], captured.err
+        assert captured.out == ""
+    with pytest.raises(ValueError, match="speaker must be L"):
+        predict(request["videos"], speaker="left", pipeline=pipeline)
+    assert speaker_side() is None and speaker_side("Ses01M_impro01_F000") == "R"
+    assert speaker_side("Ses01M_impro01_F000", "l") == "L"
 
 
 def test_parse_segments_and_request_errors(tmp_path) -> None:

@@ -39,7 +39,7 @@ def make_record(seed: int = 0, f1: float = 0.6, acc: float = 0.8, model: str = "
         "schema_version": SCHEMA_VERSION, "model": model, "variant": variant, "dataset": "iemocap",
         "dataset_adapter": "iemocap",
         "profile": "smoke", "protocol": "dai-iemocap", "seed": seed,
-        "params": {"model": {"d": 64}, "train": {"lr": 5e-5}, "data": {}},
+        "params": {"model": {"d": 64}, "train": {"lr": 5e-5}, "data": {}}, "deviations": {"model.d": 64},
         "metrics": metrics, "thresholds": {"dai-iemocap": {"hap": 0.35, "sad": 0.5}},
         "best_epoch": 2, "epochs_run": 3, "stopped_early": False,
         "curves": {"epoch": [1, 2, 3], "train_loss": [0.9, 0.7, 0.6]},

@@ -19,6 +19,7 @@ from emolib.train import (
     EpochShuffleSampler,
     LrSchedule,
     TrainConfig,
+    build_optimizer,
     fit,
     freeze_hooked_params,
     load_best_weights,
@@ -283,6 +284,31 @@ def test_parameter_groups_text_lr_and_overrides():
     plain = NoText()
     lrs = {n: g["lr"] for g in parameter_groups(plain, nn.Identity(), TrainConfig(lr=1.0)) for n in g["param_names"]}
     assert lrs["text.0.weight"] == 0.1 and lrs["visual.weight"] == 1.0
+
+
+def test_adam_eps_reaches_the_optimizer_and_old_checkpoints_resume(splits, tmp_path):
+    default = TrainConfig()
+    assert default.adam_eps == 1e-8  # PyTorch's default, which the PyTorch-based papers ran with
+    optimizer = build_optimizer(parameter_groups(TinyFusion(), nn.Identity(), default), default)
+    assert {g["eps"] for g in optimizer.param_groups} == {1e-8}
+    for name in ("adam", "adamw"):
+        config = TrainConfig(optimizer=name, adam_eps=1e-7)
+        optimizer = build_optimizer(parameter_groups(TinyFusion(), nn.Identity(), config), config)
+        assert {g["eps"] for g in optimizer.param_groups} == {1e-7}
+    for bad in (0, -1e-8, float("nan"), float("inf"), True, "1e-7"):
+        with pytest.raises(ValueError, match="adam_eps must be a finite number > 0"):
+            TrainConfig(adam_eps=bad)
+    # A checkpoint written before the field existed has no adam_eps: it resumes with the default ...
+    run(splits, tmp_path / "run", epochs=1)
+    path = tmp_path / "run" / "last.pt"
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    del ckpt["config"]["adam_eps"]
+    torch.save(ckpt, path)
+    resumed, _ = run(splits, tmp_path / "run", epochs=2, resume=True)
+    assert resumed["epochs_run"] == 2 and resumed["params"]["train"]["adam_eps"] == 1e-8
+    # ... and refuses another epsilon than the one the run started with.
+    with pytest.raises(ValueError, match=r"cannot resume.*adam_eps: 1e-08 -> 1e-07"):
+        run(splits, tmp_path / "run", epochs=3, adam_eps=1e-7, resume=True)
 
 
 def test_frozen_params_are_left_out_and_stay_fixed(splits, tmp_path):

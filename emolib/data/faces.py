@@ -13,6 +13,11 @@ equally sized frames, keeps the largest face whose probability is at least ``min
   downscale E2EMAL applies before detection is the caller's choice. E2EMAL ranks faces by clipped box area
   and uses the TF ``mtcnn`` package; here the facenet detector and unclipped area are used.
 
+``min_conf`` filters the detections before the largest one is chosen: a frame whose largest detection is below it
+keeps the largest one at or above it (E2EMAL's ``face_extractor.py`` with 0.65), and counts as faceless only when
+none passes. MTCNN's output stage already drops detections scoring <= ``thresholds[2]`` (0.7 by default, as in
+E2EMAL's TF ``mtcnn``), so ``min_conf`` changes nothing unless it is above that threshold or the threshold is lowered.
+
 Frames without an accepted face get a fallback crop and ``found = False``, ``conf = 0``, ``boxes = nan``:
 
 * ``"center"`` (default): the largest centred square of the frame, resized to ``size`` like a face crop.

@@ -37,6 +37,7 @@ from emolib.data.formats import (
 )
 from emolib.data.prepare import UtteranceSource
 from emolib.data.splits import random_split, read_split_dir, write_split_dir
+from emolib.deviations import Deviation
 from emolib.labels import IEMOCAP_CLASSES
 from emolib.registry import register
 
@@ -61,6 +62,20 @@ class IemocapAdapter(Adapter):
     # preprocess_iemocap.ipynb: the speaker's half centre-cropped to 224 px; MTCNN(image_size=48, margin=2) and
     # its no-face window in src/models/e2e.py.
     dai_prepare = {"frame_center_crop": 224, "margin_size": 48, "face_fallback": "dai"}
+    deviations = (
+        Deviation("data.split_dir", "split: Dai's published lists (emolib download --splits dai) vs a seeded random "
+                  "utterance-level 70/10/20 drawn like Dai's", "emolib",
+                  "'' (seeded 70/10/20) | data/splits/dai/IEMOCAP_SPLIT (Dai's lists; the paper profile)",
+                  "data split/IEMOCAP_split in wenliangdai/Multimodal-End2end-Sparse"),
+        Deviation("prepare.frame_center_crop", "MTCNN sees the speaker's half centre-cropped to 224 px in Dai's data; "
+                  "the emolib recipe gives it the whole half", "emolib", "None (emolib) | 224 (Dai; paper profile)",
+                  "preprocessing/preprocess_iemocap.ipynb"),
+        Deviation("prepare.margin_size", "facenet's 2 px margin is defined at Dai's 48 px output (box +4 %); the "
+                  "emolib recipe applies it at the stored crop size", "emolib", "None (emolib) | 48 (Dai)",
+                  "src/models/e2e.py"),
+        Deviation("prepare.face_fallback", "frames without a face: Dai's 48 px window (24 px left of centre) vs a "
+                  "centred square", "emolib", "center (emolib) | dai (Dai)", "src/models/e2e.py"),
+    )
     protocols = (
         ProtocolUse("dai-iemocap", "primary: the protocol of Dai et al.'s IEMOCAP table (plain accuracy + binary F1)"),
         ProtocolUse("e2emal", "E2EMAL's metric definitions (0.5 threshold, wA, weighted F1); E2EMAL did not use "

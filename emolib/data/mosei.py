@@ -35,6 +35,7 @@ from emolib.data.adapter import Adapter, ProtocolUse, VerifyReport, is_synthetic
 from emolib.data.formats import LineProblem, aggregate_mosei_labels, parse_mosei_labels, parse_mosei_transcript
 from emolib.data.prepare import UtteranceSource
 from emolib.data.splits import mosei_sdk_folds, read_mosei_folds, read_split_dir, write_split_dir
+from emolib.deviations import Deviation
 from emolib.labels import MOSEI_EMOTIONS
 from emolib.registry import register
 
@@ -55,6 +56,25 @@ class MoseiAdapter(Adapter):
     # frames (it assumes 30 fps): one frame per 7.5 s.
     dai_prepare = {"frame_halve_above": 360, "frame_center_crop": 360, "margin_size": 48, "face_fallback": "dai",
                    "img_interval": 7500, "max_video_seconds": 280.0}
+    deviations = (
+        Deviation("data.folds", "folds: Dai's published lists (emolib download --splits dai; subsets of the SDK "
+                  "folds) vs the CMU-MultimodalSDK standard folds", "emolib",
+                  "'' (SDK / folds.json) | data/splits/dai/MOSEI_SPLIT (Dai's lists; the paper profile)",
+                  "data split/MOSEI_split in wenliangdai/Multimodal-End2end-Sparse"),
+        Deviation("prepare.img_interval", "Dai's notebook stores 2 frames/s and the loader steps 15 of them as if "
+                  "they were 30 fps: one frame per 7.5 s instead of the intended 500 ms", "emolib",
+                  "500 (Dai's intent) | 7500 (Dai's data; paper profile)", "src/datasets.py, preprocess_mosei.ipynb"),
+        Deviation("prepare.max_video_seconds", "Dai's notebook reads only the first 280 s of each video; later "
+                  "utterances have no frame and are dropped", "emolib", "None (all) | 280 (Dai)",
+                  "preprocessing/preprocess_mosei.ipynb"),
+        Deviation("prepare.frame_center_crop", "frames halved above 360 px and centre-cropped to 360 before MTCNN "
+                  "in Dai's loader (prepare.frame_halve_above too)", "emolib", "None (emolib) | 360 (Dai)",
+                  "src/datasets.py MOSEI.__getitem__"),
+        Deviation("prepare.margin_size", "facenet's 2 px margin at Dai's 48 px output vs at the stored size",
+                  "emolib", "None (emolib) | 48 (Dai)", "src/models/e2e.py"),
+        Deviation("prepare.face_fallback", "frames without a face: Dai's 48 px window vs a centred square", "emolib",
+                  "center (emolib) | dai (Dai)", "src/models/e2e.py"),
+    )
     protocols = (
         ProtocolUse("dai-mosei", "primary: the protocol of Dai et al.'s MOSEI table (weighted accuracy + binary F1)"),
         ProtocolUse("dai-iemocap", "code variant: plain accuracy, as Dai's HEAD code and khanhnd185's code compute it "

@@ -106,7 +106,10 @@ class PrepareParams:
     face_size: int = 224  # square crop side stored in the cache (EmoMBT uses 224, resized later)
     face_margin: int = 2  # MTCNN margin in pixels of the output crop (Dai, khanhnd: 2)
     mtcnn_batch: int = 32
-    min_face_conf: float = 0.0  # detections below are treated as "no face" (E2EMAL applies 0.65 at load time)
+    # Detections below are ignored: the stored face is the largest detection at or above it, "no face" when none is.
+    # 0: the largest face of any confidence. E2EMAL's caches use 0.65 (th2l/E2EMAL face_extractor.py keeps the
+    # largest face among those >= 0.65; emolib.recipes.e2emal.E2EMAL_PREPARE), and its loader drops frames below.
+    min_face_conf: float = 0.0
     # Frame preparation before MTCNN. Dai et al. 2021 feed MTCNN IEMOCAP's speaker half centre-cropped to 224 px
     # (preprocess_iemocap.ipynb) and CMU-MOSEI frames halved when taller than 360 px, then centre-cropped to 360
     # (src/datasets.py MOSEI.__getitem__); None leaves the frames whole (emolib's default before the Dai recipe).

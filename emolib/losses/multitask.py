@@ -1,7 +1,10 @@
 """EmoMBT's multitask losses: each output head is a task (``khanhnd185/EmoMBT: src/loss.py``).
 
 Tasks, in the code's order: audio, text, visual and fusion (N = 4; the three unimodal heads only for a model
-without a fused head, ``tasks=("audio", "text", "visual")``). L_i is the base loss of head i:
+without a fused head, ``tasks=("audio", "text", "visual")``; the heads of the two modalities and the fused head
+for a two-modality model; ``tasks=("fusion",)`` for a model that returns only its fused output, emombt's
+``fusion_only``: ``mean`` and ``dwa`` then give the fused loss itself, as the code's single BCE on its fused-only
+outputs; ``rruw``/``druw`` scale it and add their regularisers). L_i is the base loss of head i:
 
 * classification (IEMOCAP, MOSEI): BCE-with-logits with the train split's ``pos_weight = (N - P) / P``, every
   head against the same label vector;
@@ -103,8 +106,11 @@ class MultiTaskLoss(nn.Module):
     def _head_columns(self, sims_labels: str | None) -> dict[str, int | None]:
         """Label column each head regresses (None: all columns, the classification case)."""
         if self.base == "bce":
-            if sims_labels is not None:
-                raise ValueError("sims_labels applies to CH-SIMS regression labels only")
+            # Every classification head predicts the one label vector, which is what "M" says (run_experiment
+            # passes its Experiment.sims_labels, "M" by default, to every multitask loss).
+            if sims_labels is not None and parse_sims_labels(sims_labels) != "M":
+                raise ValueError("sims_labels='M,A,T,V' applies to CH-SIMS regression labels only; classification "
+                                 "heads all predict the one label vector (sims_labels='M' or None)")
             return {task: None for task in self.tasks}
         per_head = set(SIMS_TARGETS) <= set(self.target_names)
         mode = parse_sims_labels(sims_labels) if sims_labels is not None else ("M,A,T,V" if per_head else "M")
@@ -126,7 +132,13 @@ class MultiTaskLoss(nn.Module):
 
     def _one(self, task: str, outputs: Mapping[str, Tensor], labels: Tensor) -> Tensor:
         if task not in outputs:
-            hint = " (a model without a fused head needs tasks=('audio', 'text', 'visual'))" if task == "fusion" else ""
+            heads = [t for t in TASKS if t in outputs]
+            if task == "fusion":
+                hint = " (a model without a fused head needs tasks=('audio', 'text', 'visual'))"
+            elif heads == ["fusion"]:
+                hint = " (a model that returns only its fused output, emombt fusion_only=True, needs tasks=('fusion',))"
+            else:
+                hint = f" (pass the heads the model returns: tasks={tuple(heads)})"
             raise KeyError(f"{self.name} loss expects model output {task!r}{hint}; the model returned "
                            f"{sorted(outputs)}")
         pred = outputs[task].float()

@@ -32,12 +32,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from emolib.deviations import Deviation
 from emolib.models.blocks import EmotionModel, require
 from emolib.models.config import ModelConfig
 from emolib.models.e2emal_inputs import (
@@ -276,6 +277,29 @@ class E2EMAL(EmotionModel):
     config_class = E2EMALConfig
     configs = E2EMAL_CONFIGS
     config: E2EMALConfig
+    deviations: ClassVar[tuple[Deviation, ...]] = (
+        Deviation("model.text_vectors", "the paper's GloVe 300-d word vectors are not shipped; offline, the text "
+                  "encoder's token embeddings projected to 300-d stand in", "emolib",
+                  "auto/token-embeddings (emolib) | glove with glove_path (paper)", "th2l/E2EMAL src/CMU-MOSEI"),
+        Deviation("model.chunk_pad_quirk", "the released code's padding formula adds a whole zero chunk when a "
+                  "length is already a multiple of the chunk (audio 400 frames, text 30 words)", "paper",
+                  "False (intended average) | True (code)", "src/CMU-MOSEI/data_generator.py"),
+        Deviation("model.audio_mode", "CMU-MOSEI code averages 400-frame chunks; the MERC2020 code (the paper's "
+                  "challenge) centre-crops", "code", "chunk-mean (MOSEI code) | center-crop (MERC2020 code)",
+                  "src/CMU-MOSEI vs src/MERC2020"),
+        Deviation("loss.fused_only", "the adaptive (uncertainty) loss is disabled in the CMU-MOSEI config "
+                  "(multi_outputs False): only the fused output is trained", "paper",
+                  "False (paper: adaptive loss) | True (CMU-MOSEI code)", "src/CMU-MOSEI/main.py"),
+        Deviation("loss.lam", "weight of mean(s_i): 0.5 in the CMU-MOSEI copy, 1.0 in the MERC2020 copy", "code",
+                  "0.5 (CMU-MOSEI code) | 1.0 (MERC2020 code)", "src/CMU-MOSEI/utils.py, src/MERC2020/utils.py"),
+        Deviation("train.adam_eps", "Keras's Adam epsilon is 1e-7 (added before the bias correction, so larger "
+                  "early on); PyTorch's 1e-8", "code", "1e-7 (E2EMAL recipe, Keras) | 1e-8 (PyTorch default)",
+                  "src/CMU-MOSEI/main.py"),
+        Deviation("prepare.min_face_conf", "E2EMAL keeps the largest face with p >= 0.65; an emolib cache keeps the "
+                  "largest face of any confidence and E2EMAL drops it below 0.65 (identical while MTCNN's last stage "
+                  "discards p <= 0.7)", "emolib", "0 (emolib) | 0.65 (E2EMAL_PREPARE)",
+                  "src/MERC2020/face_extractor.py"),
+    )
 
     @classmethod
     def registry_meta(cls) -> dict[str, Any]:

@@ -1,8 +1,14 @@
 """E2EMAL's inputs (``th2l/E2EMAL: src/CMU-MOSEI/data_generator.py`` and ``face_extractor.py``), computed from
 the shared cache and batch contract — no second pass over the videos.
 
-* **Faces**: only detections with MTCNN probability >= 0.65 are kept (the others are dropped, as E2EMAL drops
-  frames without a face); of those, ``frames`` (16) consecutive ones centred in the clip are taken (start
+* **Faces**: only frames whose stored face has MTCNN probability >= 0.65 are kept (the others are dropped, as
+  E2EMAL drops frames without a face). E2EMAL keeps, per frame, the largest face among the detections >= 0.65;
+  a cache stores one face per frame, the largest detection >= ``PrepareParams.min_face_conf``, so the two agree
+  when the cache was built with ``min_face_conf=0.65`` (``emolib.recipes.e2emal.E2EMAL_PREPARE``). A cache built
+  with 0 stores the largest face of any confidence, and a frame whose largest face is below 0.65 is dropped even
+  when a smaller face passes; with MTCNN's default output threshold (0.7, in E2EMAL's TF ``mtcnn`` too) no
+  detection is below 0.65, so both caches hold the same faces. Of the kept faces, ``frames`` (16) consecutive
+  ones centred in the clip are taken (start
   ``(T - 16) // 2``, or 0 and zero padding when fewer); a clip without any gets black frames. The cache stores
   facenet's square crop of *box + margin* resized to a square, so the face's aspect ratio is distorted;
   :func:`restore_aspect_faces` undoes it from the stored box: it samples the box region out of the crop and lays
@@ -126,7 +132,9 @@ def select_face_clips(faces: Tensor, face_lengths: Tensor, face_conf: Tensor, fa
 
     Per clip: keep the crops with ``face_conf >= min_conf`` and a finite box, take ``frames`` consecutive ones
     centred among them, zero-pad the rest; no kept face gives all-black frames. ``restore_aspect=False`` only
-    resizes the square crops (for caches whose crops are already E2EMAL-style aspect-padded).
+    resizes the square crops (for caches whose crops are already E2EMAL-style aspect-padded). Each frame offers
+    only its cached face: E2EMAL's choice (the largest face >= ``min_conf``) needs a cache built with
+    ``PrepareParams.min_face_conf >= min_conf`` (see the module docstring).
     """
     lengths = face_lengths.to("cpu", torch.long)
     if int(lengths.sum()) != faces.shape[0] or face_conf.shape[0] != faces.shape[0]:

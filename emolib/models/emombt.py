@@ -22,6 +22,25 @@ Per utterance (``E2EMBT`` of ``khanhnd185/EmoMBT: src/models/mbt.py``):
 Outputs: ``{"logits", "text", "visual", "audio"}`` plus ``"fusion"`` for the fusing variants; ``"logits"`` is the
 head named by ``infer`` (default: the fused head, or the visual head for ``dict`` as the code's ``--infer``).
 
+Variants of the released code (``--mbt``, ``--center``, ``--modalities`` and ``--fusion`` of ``src/cli.py``), chosen
+with config fields and named configurations (``oembt``, ``mbt2``, ``fusion-only`` and their ``tiny-`` versions):
+
+* ``mbt="oembt"`` (``OEMBT``, one-centred): only the ``center`` modality (default text, the CLI default) holds two
+  bottleneck tokens, each other modality holds the one it shares with the centre, e.g. for text: visual =
+  [b_vt, CLS_v, ...], audio = [b_ta, CLS_a, ...], text = [b_vt, b_ta, CLS_t, ...]; the visual-audio pair shares
+  nothing. The CLS vectors sit after the tokens (index 1, or 2 for the centre). The code's text-centred update
+  reads the wrong slots (b_ta <- mean(new b_vt, CLS_a), the text and audio b_ta outputs dropped);
+  ``oembt_code_update=True`` reproduces it, the default averages b_ta's two outputs like every other token.
+* ``mbt="mbt2"`` (``MBT2``) with two ``modalities`` (e.g. "tv"): one shared token, [b, CLS, ...] in each
+  sequence; only the two branches and heads are built. The code builds MBT2 whenever two modalities are given,
+  but every fusion of its ``E2EMBT.forward`` then reads the absent modality's head (a NameError); here the heads
+  and fusions cover the two modalities present (``mlp``: Linear(2 -> 1) over [text, visual, audio] order, as the
+  code's ``Linear(len(modalities), 1)``).
+* ``fusion_only=True``: only the fused output is returned (``{"fusion", "logits"}``), so only it is trained. The
+  code's ``avg`` and ``gate`` fusions always return the fused logits alone, and ``--fusion fusion`` is the
+  ``mlp`` fusion returning only them; its trainer then applies one BCE loss to that tensor. With
+  ``fusion_only=False`` (default, emolib's multitask treatment) every head is returned and can carry a loss.
+
 Paper vs code (``khanhnd185/EmoMBT``), each selectable:
 
 * ``swap_text_visual_keys=True`` reproduces the released code's dict, whose ``"text"`` key carries the visual
@@ -49,12 +68,13 @@ import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from emolib.deviations import Deviation
 from emolib.models.blocks import (
     EmotionModel,
     FlattenMLP,
@@ -73,6 +93,12 @@ log = logging.getLogger(__name__)
 MODALITIES = ("text", "visual", "audio")
 FUSIONS = ("mlp", "avg", "gate", "dict")
 HEADS = ("fusion", "text", "visual", "audio")
+MBT_KINDS = ("mbt3", "oembt", "mbt2")
+LETTERS = {"t": "text", "v": "visual", "a": "audio"}
+# The bottleneck tokens of the code (bot_av, bot_vt, bot_ta), created and initialised in this order, and the two
+# modalities that share each one.
+TOKEN_PAIRS = {"b_av": ("visual", "audio"), "b_vt": ("visual", "text"), "b_ta": ("audio", "text")}
+MBT_ORDER = ("visual", "audio", "text")  # the order of the code's per-modality layers
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -312,77 +338,136 @@ class FaceImages(nn.Module):
 
 
 class MBTOutput(NamedTuple):
-    """CLS vectors (B, d) of each modality and the final sequences (bottlenecks at 0 and 1, CLS at 2)."""
+    """CLS vectors (B, d) of each modality (None for a modality the transformer does not have) and the final
+    sequences, whose bottleneck tokens come first and CLS right after them (``BottleneckTransformer.cls_index``)."""
 
-    text: Tensor
-    visual: Tensor
-    audio: Tensor
+    text: Tensor | None
+    visual: Tensor | None
+    audio: Tensor | None
     sequences: dict[str, Tensor]
 
 
-class BottleneckTransformer(nn.Module):
-    """The extended (3-modality) multimodal bottleneck transformer with one shared token per modality pair.
+def bottleneck_layout(kind: str = "mbt3", center: str = "text",
+                      modalities: Sequence[str] = MBT_ORDER) -> dict[str, tuple[str, ...]]:
+    """The bottleneck tokens each modality's sequence starts with, in order (khanhnd185/EmoMBT
+    ``src/models/mbt.py``: ``MBT``, ``OEMBT`` and ``MBT2``), keyed by modality in the code's layer order.
 
-    Inputs are whole sequences whose position 0 is the modality's CLS, with key-padding masks (True = padded).
-    Every encoder layer starts as a copy of one freshly initialised layer (PyTorch's ``_get_clones``, as the
-    code). After each layer b_av <- mean(visual[0], audio[0]), b_vt <- mean(visual[1], text[0]),
-    b_ta <- mean(audio[1], text[1]), all from that layer's outputs, written to both holders.
+    * ``mbt3``: every pair shares a token: visual [b_av, b_vt], audio [b_av, b_ta], text [b_vt, b_ta].
+    * ``oembt``: the ``center`` modality holds both of its tokens, each other modality the one it shares with the
+      centre (text centre: visual [b_vt], audio [b_ta], text [b_vt, b_ta]).
+    * ``mbt2``: the two ``modalities`` share their pair's token.
+    """
+    if kind == "mbt3":
+        return {"visual": ("b_av", "b_vt"), "audio": ("b_av", "b_ta"), "text": ("b_vt", "b_ta")}
+    if kind == "oembt":
+        if center not in MODALITIES:
+            raise ValueError(f"center must be one of {MODALITIES}, got {center!r}")
+        tokens = [name for name, pair in TOKEN_PAIRS.items() if center in pair]
+        layout = {m: tuple(n for n in tokens if m in TOKEN_PAIRS[n]) for m in MBT_ORDER}
+        # The code orders the centre's two tokens av/ta (audio), av/vt (visual), vt/ta (text): TOKEN_PAIRS order.
+        return layout
+    if kind == "mbt2":
+        pair = set(modalities)
+        token = next((n for n, holders in TOKEN_PAIRS.items() if set(holders) == pair), None)
+        if token is None:
+            raise ValueError(f"mbt2 needs two distinct modalities of {MODALITIES}, got {list(modalities)}")
+        return {m: (token,) for m in MBT_ORDER if m in pair}
+    raise ValueError(f"mbt must be one of {MBT_KINDS}, got {kind!r}")
+
+
+class BottleneckTransformer(nn.Module):
+    """The multimodal bottleneck transformer of EmoMBT: one encoder layer stack per modality whose sequences start
+    with learned bottleneck tokens; a token shared by two modalities is their only link.
+
+    ``layout`` (``bottleneck_layout``) gives each modality's tokens; the default is the extended 3-modality MBT
+    with one token per pair. Inputs are whole sequences whose position 0 is the modality's CLS, with key-padding
+    masks (True = padded). Every encoder layer starts as a copy of one freshly initialised layer (PyTorch's
+    ``_get_clones``, as the code). After each layer every shared token is replaced, in both holders, by the mean
+    of its two outputs of that layer: for the default b_av <- mean(visual[0], audio[0]), b_vt <- mean(visual[1],
+    text[0]), b_ta <- mean(audio[1], text[1]).
+
+    ``code_text_update=True`` (text-centred OEMBT only) reproduces the released ``OEMBT``'s text-centred update,
+    which reads the wrong slots: b_vt <- mean(text[0], visual[0]) as usual, then b_ta <- mean(new b_vt,
+    audio[1]), audio[1] being the audio CLS; the text and audio outputs of b_ta are dropped.
     """
 
-    CLS_INDEX = 2
-
-    def __init__(self, d: int, nlayers: int, nheads: int, dim_feedforward: int = 2048, dropout: float = 0.1) -> None:
+    def __init__(self, d: int, nlayers: int, nheads: int, dim_feedforward: int = 2048, dropout: float = 0.1,
+                 layout: Mapping[str, Sequence[str]] | None = None, code_text_update: bool = False) -> None:
         super().__init__()
         if d % nheads:
             raise ValueError(f"transformer width d={d} is not divisible by nheads={nheads}")
         if nlayers < 1:
             raise ValueError(f"bot_nlayers must be >= 1, got {nlayers}")
+        layout = bottleneck_layout() if layout is None else layout
+        self.layout = {m: tuple(layout[m]) for m in MBT_ORDER if m in layout}
+        if set(layout) - set(MBT_ORDER) or len(self.layout) < 2:
+            raise ValueError(f"layout must map two or three of {MBT_ORDER} to their tokens, got {dict(layout)}")
+        self.holders: dict[str, list[tuple[str, int]]] = {}
+        for m, tokens in self.layout.items():
+            for slot, name in enumerate(tokens):
+                if name not in TOKEN_PAIRS or m not in TOKEN_PAIRS[name]:
+                    raise ValueError(f"{m} cannot hold bottleneck token {name!r} (pairs: {TOKEN_PAIRS})")
+                self.holders.setdefault(name, []).append((m, slot))
+        unshared = sorted(n for n, h in self.holders.items() if len(h) != 2)
+        if unshared:
+            raise ValueError(f"layout: tokens {unshared} must be held by both modalities of their pair")
+        self.tokens = tuple(n for n in TOKEN_PAIRS if n in self.holders)
+        self.modalities = tuple(self.layout)
+        self.cls_index = {m: len(tokens) for m, tokens in self.layout.items()}
+        self.code_text_update = bool(code_text_update)
+        if self.code_text_update and self.layout != bottleneck_layout("oembt", "text"):
+            raise ValueError("code_text_update applies to the text-centred OEMBT layout only")
         layer = nn.TransformerEncoderLayer(d_model=d, nhead=nheads, dim_feedforward=dim_feedforward,
                                            dropout=dropout, activation="relu", batch_first=True, norm_first=False)
-        self.v_layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(nlayers))
-        self.a_layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(nlayers))
-        self.t_layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(nlayers))
-        self.b_av = nn.Parameter(torch.zeros(1, 1, d))
-        self.b_vt = nn.Parameter(torch.zeros(1, 1, d))
-        self.b_ta = nn.Parameter(torch.zeros(1, 1, d))
-        for token in (self.b_av, self.b_vt, self.b_ta):
-            nn.init.trunc_normal_(token, std=0.02)
+        for m in self.modalities:
+            self.add_module(f"{m[0]}_layers", nn.ModuleList(copy.deepcopy(layer) for _ in range(nlayers)))
+        for name in self.tokens:
+            self.register_parameter(name, nn.Parameter(torch.zeros(1, 1, d)))
+        for name in self.tokens:
+            nn.init.trunc_normal_(getattr(self, name), std=0.02)
         self.d = d
+        self.nlayers = nlayers
 
     @staticmethod
-    def _with_tokens(first: Tensor, second: Tensor, seq: Tensor) -> Tensor:
-        return torch.cat([first, second, seq], dim=1)
-
-    @staticmethod
-    def _mask(mask: Tensor) -> Tensor:
-        # The two bottleneck slots are never padding; the CLS slot (index 0 of the input) is kept valid too.
+    def _mask(mask: Tensor, n_tokens: int) -> Tensor:
+        # The bottleneck slots are never padding; the CLS slot (index 0 of the input) is kept valid too.
         mask = mask.clone()
         mask[:, 0] = False
-        return torch.cat([mask.new_zeros(mask.shape[0], 2), mask], dim=1)
+        return torch.cat([mask.new_zeros(mask.shape[0], n_tokens), mask], dim=1)
 
-    def forward(self, visual: Tensor, visual_mask: Tensor, audio: Tensor, audio_mask: Tensor, text: Tensor,
-                text_mask: Tensor) -> MBTOutput:
-        batch = visual.shape[0]
-        if audio.shape[0] != batch or text.shape[0] != batch:
-            raise ValueError(f"batch sizes differ: visual {visual.shape[0]}, audio {audio.shape[0]}, "
-                             f"text {text.shape[0]}")
-        b_av, b_vt, b_ta = (t.expand(batch, -1, -1) for t in (self.b_av, self.b_vt, self.b_ta))
-        v = self._with_tokens(b_av, b_vt, visual)
-        a = self._with_tokens(b_av, b_ta, audio)
-        t = self._with_tokens(b_vt, b_ta, text)
-        mv, ma, mt = self._mask(visual_mask), self._mask(audio_mask), self._mask(text_mask)
-        for v_layer, a_layer, t_layer in zip(self.v_layers, self.a_layers, self.t_layers):
-            v = v_layer(v, src_key_padding_mask=mv)
-            a = a_layer(a, src_key_padding_mask=ma)
-            t = t_layer(t, src_key_padding_mask=mt)
-            av = (v[:, 0:1] + a[:, 0:1]) / 2
-            vt = (v[:, 1:2] + t[:, 0:1]) / 2
-            ta = (a[:, 1:2] + t[:, 1:2]) / 2
-            v = self._with_tokens(av, vt, v[:, 2:])
-            a = self._with_tokens(av, ta, a[:, 2:])
-            t = self._with_tokens(vt, ta, t[:, 2:])
-        i = self.CLS_INDEX
-        return MBTOutput(t[:, i], v[:, i], a[:, i], {"visual": v, "audio": a, "text": t})
+    def _shared(self, seqs: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The new value of every token: the mean of its two holders' outputs (or the code's text-OEMBT slots)."""
+        shared = {}
+        for name in self.tokens:
+            (m1, s1), (m2, s2) = self.holders[name]
+            shared[name] = (seqs[m1][:, s1:s1 + 1] + seqs[m2][:, s2:s2 + 1]) / 2
+        if self.code_text_update:
+            cls_a = self.cls_index["audio"]
+            shared["b_ta"] = (shared["b_vt"] + seqs["audio"][:, cls_a:cls_a + 1]) / 2
+        return shared
+
+    def forward(self, visual: Tensor | None, visual_mask: Tensor | None, audio: Tensor | None,
+                audio_mask: Tensor | None, text: Tensor | None, text_mask: Tensor | None) -> MBTOutput:
+        given = {"visual": (visual, visual_mask), "audio": (audio, audio_mask), "text": (text, text_mask)}
+        for m, (x, mask) in given.items():
+            if (x is None or mask is None) != (m not in self.layout):
+                raise ValueError(f"the bottleneck transformer takes {list(self.modalities)}: "
+                                 f"{m} {'is missing' if m in self.layout else 'must be None'}")
+        sizes = {m: given[m][0].shape[0] for m in self.modalities}
+        if len(set(sizes.values())) != 1:
+            raise ValueError(f"batch sizes differ: {', '.join(f'{m} {n}' for m, n in sizes.items())}")
+        batch = sizes[self.modalities[0]]
+        tokens = {n: getattr(self, n).expand(batch, -1, -1) for n in self.tokens}
+        seqs = {m: torch.cat([tokens[n] for n in self.layout[m]] + [given[m][0]], dim=1) for m in self.modalities}
+        masks = {m: self._mask(given[m][1], len(self.layout[m])) for m in self.modalities}
+        for i in range(self.nlayers):
+            seqs = {m: getattr(self, f"{m[0]}_layers")[i](seqs[m], src_key_padding_mask=masks[m])
+                    for m in self.modalities}
+            tokens = self._shared(seqs)
+            seqs = {m: torch.cat([tokens[n] for n in self.layout[m]] + [seqs[m][:, len(self.layout[m]):]], dim=1)
+                    for m in self.modalities}
+        cls = {m: seqs[m][:, self.cls_index[m]] for m in self.modalities}
+        return MBTOutput(cls.get("text"), cls.get("visual"), cls.get("audio"), seqs)
 
 
 # ---------------------------------------------------------------------------------------------------- model
@@ -409,25 +494,79 @@ class EmoMBTConfig(TransformerConfig, TextConfig):
     vggish: str = "paper"
     audio_weights: str = "random"
     audio_hidden: int = 96
+    mbt: str = "mbt3"
+    center: str = "text"
+    modalities: str = "tav"
+    oembt_code_update: bool = False
+    fusion_only: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
-        allowed = MODALITIES if self.fusion == "dict" else HEADS
+        if self.mbt not in MBT_KINDS:
+            raise ValueError(f"mbt must be one of {MBT_KINDS}, got {self.mbt!r}")
+        if self.center not in MODALITIES:
+            raise ValueError(f"center must be one of {MODALITIES}, got {self.center!r}")
+        letters = str(self.modalities).lower()
+        if not letters or set(letters) - set(LETTERS) or len(set(letters)) != len(letters):
+            raise ValueError(f"modalities must be letters of 'tav' without repeats, got {self.modalities!r}")
+        wanted = 2 if self.mbt == "mbt2" else 3
+        if len(letters) != wanted:
+            hint = "mbt='mbt2' takes two modalities" if len(letters) == 2 else f"mbt={self.mbt!r} needs all three"
+            raise ValueError(f"modalities={self.modalities!r}: {hint} (mbt2 is the code's two-modality MBT)")
+        if self.oembt_code_update and (self.mbt != "oembt" or self.center != "text"):
+            raise ValueError("oembt_code_update reproduces the text-centred OEMBT's update: it needs mbt='oembt' "
+                             f"and center='text', got mbt={self.mbt!r}, center={self.center!r}")
+        if self.fusion_only and self.fusion == "dict":
+            raise ValueError("fusion_only trains the fused output alone; fusion='dict' has none")
+        if self.swap_text_visual_keys and not {"text", "visual"} <= set(self.modality_names):
+            raise ValueError(f"swap_text_visual_keys needs the text and visual heads; modalities={self.modalities!r}")
+        allowed = self.output_heads
         if self.infer is not None and self.infer not in allowed:
-            raise ValueError(f"infer={self.infer!r} is not an output of fusion={self.fusion!r}; choose from {allowed}")
+            raise ValueError(f"infer={self.infer!r} is not an output of fusion={self.fusion!r} with "
+                             f"modalities={self.modalities!r}, fusion_only={self.fusion_only}; choose from {allowed}")
         if self.vggish not in VGGISH_CONFIGS:
             raise ValueError(f"vggish must be one of {sorted(VGGISH_CONFIGS)}, got {self.vggish!r}")
         if self.head_outputs is not None and self.head_outputs < 1:
             raise ValueError(f"head_outputs must be >= 1, got {self.head_outputs}")
 
+    @property
+    def modality_names(self) -> tuple[str, ...]:
+        """The modalities in use, in the code's head order (text, visual, audio)."""
+        letters = str(self.modalities).lower()
+        return tuple(LETTERS[x] for x in "tva" if x in letters)
+
+    @property
+    def output_heads(self) -> tuple[str, ...]:
+        """The outputs besides ``"logits"``, in ``HEADS`` order: the fused head (not for ``dict``) and, unless
+        ``fusion_only``, the head of every modality in use."""
+        fused = ("fusion",) if self.fusion != "dict" else ()
+        return fused if self.fusion_only else fused + self.modality_names
+
+    @property
+    def default_infer(self) -> str:
+        """The head ``"logits"`` carries when ``infer`` is unset: the fused head, else visual (the code's
+        ``--infer`` default), else text."""
+        if self.fusion != "dict":
+            return "fusion"
+        return "visual" if "visual" in self.modality_names else "text"
+
+
+_TINY_CONFIG = dict(d=32, nlayers=1, nheads=2, bot_nlayers=1, dim_feedforward=64, text_model="minilm",
+                    text_padding="longest", text_hidden=64, visual_backbone=LITE0_ARCH, image_size=64,
+                    visual_hidden=64, vggish="tiny", audio_hidden=32)
+# The released code's variants (khanhnd185/EmoMBT src/models/mbt.py, src/cli.py): OEMBT centred on text (the
+# CLI's --center default), MBT2 on text + visual (any pair: modalities=...), and the mlp fusion trained on its
+# fused output only (--fusion fusion).
+_VARIANTS = {"oembt": dict(mbt="oembt"), "mbt2": dict(mbt="mbt2", modalities="tv"),
+             "fusion-only": dict(fusion_only=True)}
 
 EMOMBT_CONFIGS: dict[str, EmoMBTConfig] = {
     "paper": EmoMBTConfig(),
-    "tiny": EmoMBTConfig(d=32, nlayers=1, nheads=2, bot_nlayers=1, dim_feedforward=64, text_model="minilm",
-                         text_padding="longest", text_hidden=64, visual_backbone=LITE0_ARCH, image_size=64,
-                         visual_hidden=64, vggish="tiny", audio_hidden=32),
+    "tiny": EmoMBTConfig(**_TINY_CONFIG),
+    **{name: EmoMBTConfig(**fields) for name, fields in _VARIANTS.items()},
+    **{f"tiny-{name}": EmoMBTConfig(**_TINY_CONFIG, **fields) for name, fields in _VARIANTS.items()},
 }
 
 
@@ -446,12 +585,35 @@ def build_text_encoder(text_model: str | Path, max_length: int, padding: str = "
 @register("model", "emombt")
 class EmoMBT(EmotionModel):
     """EmoMBT: text tokens + EfficientNet faces + VGGish audio, 3-way bottleneck transformer, per-modality heads
-    and a fused head trained as tasks."""
+    and a fused head trained as tasks.
+
+    The released code's variants are configurations of this one model, as they are flags of the code's one
+    ``E2EMBT`` (``--mbt``, ``--center``, ``--modalities``, ``--fusion``): ``mbt`` picks the bottleneck transformer
+    (``mbt3``, ``oembt``, ``mbt2``), ``modalities`` the branches built, ``fusion_only`` the outputs returned.
+    The named configurations ``oembt``, ``mbt2`` and ``fusion-only`` (and ``tiny-...``) preset them."""
 
     registry_name = "emombt"
     config_class = EmoMBTConfig
     configs = EMOMBT_CONFIGS
     config: EmoMBTConfig
+    deviations: ClassVar[tuple[Deviation, ...]] = (
+        Deviation("model.swap_text_visual_keys", "the released code's output dict carries the visual head under "
+                  "'text' and the text head under 'visual'", "paper", "False (keys name their heads) | True (code)",
+                  "khanhnd185/EmoMBT src/models/mbt.py"),
+        Deviation("loss.freeze_sigma", "RRUW/DRUW's sigma is never handed to the optimiser in the released code "
+                  "(it stays 1/N); the method learns it", "paper", "False (learned) | True (code)",
+                  "khanhnd185/EmoMBT main.py, src/loss.py"),
+        Deviation("model.fusion_only", "--fusion avg|gate (and --fusion fusion) return only the fused logits in the "
+                  "code, trained with one loss; emolib trains every head as a task", "emolib",
+                  "False (every head) | True (fused output only, as the code)", "src/models/mbt.py, src/loss.py"),
+        Deviation("model.oembt_code_update", "OEMBT with the text centre: the code updates b_ta from the new b_vt and "
+                  "the audio CLS", "emolib", "False (mean of the token's two outputs) | True (code)",
+                  "src/models/mbt.py OEMBT.forward"),
+        Deviation("train.select_metric", "model selection: the code keeps the epoch with the best valid F1 + plain "
+                  "accuracy on IEMOCAP/CMU-MOSEI; emolib the protocol's own key (Dai's F1)", "emolib",
+                  "None (protocol key) | f1+acc (code; CMU-MOSEI selects with dai-iemocap)",
+                  "src/trainers/emotiontrainer.py"),
+    )
     # Before the sequence branch was shared, each branch's parts sat on the model itself.
     LEGACY_KEYS = {f"{old}": f"{branch}.{part}." for branch, short in (("visual", "v"), ("audio", "a"))
                    for old, part in ((f"{branch}_prep.", "prep"), (f"{branch}_backbone.", "backbone"),
@@ -461,37 +623,46 @@ class EmoMBT(EmotionModel):
         super().__init__(config, **overrides)
         c = self.config
         self.fusion_kind, self.swap_text_visual_keys = c.fusion, c.swap_text_visual_keys
-        self.infer = c.infer or ("visual" if c.fusion == "dict" else "fusion")
+        self.fusion_only = c.fusion_only
+        self.infer = c.infer or c.default_infer
+        self.modality_names = c.modality_names
+        self.modalities = tuple(name[0] for name in self.modality_names)  # letters, as FE2E's
         width = int(c.head_outputs or num_outputs)
         self.head_outputs = width
+        self.weights_info: dict[str, str] = {}
 
-        self.text_encoder = build_text_encoder(c.text_model, c.text_max_length, c.text_padding)
-        self.text_proj = FlattenMLP(self.text_encoder.hidden_size, c.text_hidden, c.d)
+        if "text" in self.modality_names:
+            self.text_encoder = build_text_encoder(c.text_model, c.text_max_length, c.text_padding)
+            self.text_proj = FlattenMLP(self.text_encoder.hidden_size, c.text_hidden, c.d)
+            self.weights_info["text"] = f"{self.text_encoder.source.name} ({self.text_encoder.source.kind})"
 
-        visual = load_visual_backbone(c.visual_backbone, c.visual_weights)
-        self.visual = SequenceBranch(FaceImages(c.image_size, visual.mean, visual.std), visual.model,
-                                     int(visual.model.num_features), c.visual_hidden, c.transformer())
+        if "visual" in self.modality_names:
+            visual = load_visual_backbone(c.visual_backbone, c.visual_weights)
+            self.visual = SequenceBranch(FaceImages(c.image_size, visual.mean, visual.std), visual.model,
+                                         int(visual.model.num_features), c.visual_hidden, c.transformer())
+            self.weights_info["visual"] = visual.source
 
-        audio_prep = VggishLogMel()
-        vggish = VGGish(**VGGISH_CONFIGS[c.vggish])
-        if str(c.audio_weights) == "random":
-            log.info("emombt: VGGish randomly initialised (audio_weights='random'); the paper used AudioSet weights")
-            audio_source = f"VGGish ({c.vggish}) random initialisation"
-        else:
-            load_vggish_weights(vggish, c.audio_weights)
-            audio_source = f"VGGish AudioSet weights from {Path(c.audio_weights).expanduser()}"
-        self.audio = SequenceBranch(audio_prep, vggish, vggish.embedding_dim, c.audio_hidden, c.transformer())
+        if "audio" in self.modality_names:
+            audio_prep = VggishLogMel()
+            vggish = VGGish(**VGGISH_CONFIGS[c.vggish])
+            if str(c.audio_weights) == "random":
+                log.info("emombt: VGGish randomly initialised (audio_weights='random'); the paper used AudioSet "
+                         "weights")
+                self.weights_info["audio"] = f"VGGish ({c.vggish}) random initialisation"
+            else:
+                load_vggish_weights(vggish, c.audio_weights)
+                self.weights_info["audio"] = f"VGGish AudioSet weights from {Path(c.audio_weights).expanduser()}"
+            self.audio = SequenceBranch(audio_prep, vggish, vggish.embedding_dim, c.audio_hidden, c.transformer())
 
-        self.mbt = BottleneckTransformer(c.d, c.bot_nlayers, c.nheads, c.dim_feedforward, c.dropout)
-        self.t_out = nn.Linear(c.d, width)
-        self.v_out = nn.Linear(c.d, width)
-        self.a_out = nn.Linear(c.d, width)
+        layout = bottleneck_layout(c.mbt, c.center, self.modality_names)
+        self.mbt = BottleneckTransformer(c.d, c.bot_nlayers, c.nheads, c.dim_feedforward, c.dropout, layout=layout,
+                                         code_text_update=c.oembt_code_update)
+        for name in self.modality_names:
+            self.add_module(f"{name[0]}_out", nn.Linear(c.d, width))
         if c.fusion == "mlp":
-            self.weighted_fusion = WeightedLateFusion(3)
+            self.weighted_fusion = WeightedLateFusion(len(self.modality_names))
         elif c.fusion == "gate":
             self.gate = nn.Linear(c.d, width, bias=False)
-        self.weights_info = {"text": f"{self.text_encoder.source.name} ({self.text_encoder.source.kind})",
-                             "visual": visual.source, "audio": audio_source}
         self._register_load_state_dict_pre_hook(self._legacy_keys)
 
     @classmethod
@@ -506,9 +677,12 @@ class EmoMBT(EmotionModel):
     # -- hooks for the trainer ---------------------------------------------------------------------------
 
     def lr_factors(self, text_lr_factor: float | None = None) -> dict[str, float]:
-        """EmoMBT's slow group: the pretrained encoders, the text projection and the text head."""
+        """EmoMBT's slow group: the pretrained encoders, the text projection and the text head (of the
+        modalities in use)."""
         slow = self.text_lr(text_lr_factor)
-        return {name: slow for name in ("text_encoder", "text_proj", "t_out", "visual.backbone", "audio.backbone")}
+        names = {"text": ("text_encoder", "text_proj", "t_out"), "visual": ("visual.backbone",),
+                 "audio": ("audio.backbone",)}
+        return {name: slow for m in MODALITIES if m in self.modality_names for name in names[m]}
 
     # -- encoders ----------------------------------------------------------------------------------------
 
@@ -527,31 +701,43 @@ class EmoMBT(EmotionModel):
 
     # -- forward -----------------------------------------------------------------------------------------
 
-    def fuse(self, text: Tensor, visual: Tensor, audio: Tensor, cls: MBTOutput) -> Tensor | None:
+    def fuse_heads(self, logits: Mapping[str, Tensor], cls: MBTOutput) -> Tensor | None:
+        """The fused output from the head logits of the modalities in use ({"text"|"visual"|"audio": (B, C)},
+        in the code's [text, visual, audio] order), or None for ``dict``."""
+        heads = [logits[m] for m in MODALITIES if m in logits]
         if self.fusion_kind == "mlp":
-            return self.weighted_fusion([text, visual, audio])
+            return self.weighted_fusion(heads)
         if self.fusion_kind == "avg":
-            return (text + visual + audio) / 3
+            total = heads[0]
+            for head in heads[1:]:
+                total = total + head
+            return total / len(heads)
         if self.fusion_kind == "gate":
-            heads = torch.stack([torch.tanh(text), torch.tanh(visual), torch.tanh(audio)], dim=1)
-            gates = torch.softmax(torch.stack([self.gate(cls.text), self.gate(cls.visual), self.gate(cls.audio)],
-                                              dim=1), dim=1)
-            return (heads * gates).sum(dim=1)
+            tanh = torch.stack([torch.tanh(h) for h in heads], dim=1)
+            vectors = [getattr(cls, m) for m in MODALITIES if m in logits]
+            gates = torch.softmax(torch.stack([self.gate(v) for v in vectors], dim=1), dim=1)
+            return (tanh * gates).sum(dim=1)
         return None
 
     def forward(self, batch: dict) -> dict[str, Tensor]:
-        texts = require(batch, "text", "emombt")
-        text, text_mask = self.encode_text(texts)
-        visual, visual_mask = self.encode_visual(require(batch, "faces", "emombt"),
-                                                 require(batch, "face_lengths", "emombt"))
-        audio, audio_mask = self.encode_audio(require(batch, "audio", "emombt"),
-                                              require(batch, "audio_lengths", "emombt"))
-        cls = self.mbt(visual, visual_mask, audio, audio_mask, text, text_mask)
-        t_logits, v_logits, a_logits = self.t_out(cls.text), self.v_out(cls.visual), self.a_out(cls.audio)
-        out = {"text": t_logits, "visual": v_logits, "audio": a_logits}
+        inputs: dict[str, tuple[Tensor, Tensor]] = {}
+        if "text" in self.modality_names:
+            inputs["text"] = self.encode_text(require(batch, "text", "emombt"))
+        if "visual" in self.modality_names:
+            inputs["visual"] = self.encode_visual(require(batch, "faces", "emombt"),
+                                                  require(batch, "face_lengths", "emombt"))
+        if "audio" in self.modality_names:
+            inputs["audio"] = self.encode_audio(require(batch, "audio", "emombt"),
+                                                require(batch, "audio_lengths", "emombt"))
+        none = (None, None)
+        cls = self.mbt(*inputs.get("visual", none), *inputs.get("audio", none), *inputs.get("text", none))
+        logits = {m: getattr(self, f"{m[0]}_out")(getattr(cls, m)) for m in self.modality_names}
+        fused = self.fuse_heads(logits, cls)
+        if self.fusion_only:
+            return {"fusion": fused, "logits": fused}
+        out = dict(logits)
         if self.swap_text_visual_keys:
-            out["text"], out["visual"] = v_logits, t_logits
-        fused = self.fuse(t_logits, v_logits, a_logits, cls)
+            out["text"], out["visual"] = logits["visual"], logits["text"]
         if fused is not None:
             out["fusion"] = fused
         out["logits"] = out[self.infer]

@@ -32,6 +32,7 @@ from typing import ClassVar
 
 from torch import Tensor, nn
 
+from emolib.deviations import Deviation
 from emolib.models.blocks import (
     AudioBranch,
     EmotionModel,
@@ -84,7 +85,15 @@ class LateFusionModel(EmotionModel):
 
     config_class = FE2EConfig
     config: FE2EConfig
-    data_recipe = "dai"
+    deviations: ClassVar[tuple[Deviation, ...]] = (
+        Deviation("model.face_resize", "faces reach 48 px from the cached crops by an area resize; Dai's MTCNN "
+                  "outputs 48 px directly (identical when the cache stores 48 px faces)", "emolib",
+                  "area (facenet's own resampling) | bilinear",
+                  "wenliangdai/Multimodal-End2end-Sparse src/models/e2e.py"),
+        Deviation("train.primary_protocol", "CMU-MOSEI: the paper's table uses weighted accuracy (dai-mosei); Dai's "
+                  "HEAD code computes plain accuracy for every dataset (dai-iemocap)", "paper",
+                  "dai-mosei (paper) | dai-iemocap (code)", "src/evaluate.py"),
+    )
 
     def __init__(self, num_outputs: int, config: FE2EConfig | str | dict | None = None, *,
                  text_encoder: TextEncoder | None = None, **overrides) -> None:
@@ -109,6 +118,11 @@ class LateFusionModel(EmotionModel):
 
     def _legacy_head_key(self, state_dict, prefix, *_args) -> None:
         _rename_prefixes(state_dict, prefix, {"head.": f"{self.modalities[0]}_out."})
+
+    @property
+    def data_recipe(self) -> str | None:  # type: ignore[override]
+        """Dai et al.'s frames and faces matter to the models that look at faces."""
+        return "dai" if "v" in self.modalities else None
 
     def make_visual(self) -> nn.Module:
         return VisualBranch(self.config, face_resize=self.config.face_resize)

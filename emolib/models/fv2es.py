@@ -31,6 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from emolib.deviations import Deviation
 from emolib.models.blocks import VisualBranch
 from emolib.models.config import TINY_VGG_WIDTHS
 from emolib.models.fe2e import _TINY, FE2EConfig, LateFusionModel
@@ -70,6 +71,18 @@ class FV2ES(LateFusionModel):
         "tiny": FV2ESConfig(**{**_TINY, "widths": TINY_VGG_WIDTHS}, nest_dims=(16, 32, 64), nest_heads=(2, 2, 4),
                             nest_depths=(1, 1, 2), nest_drop_path=0.1),
     }
+
+    deviations: ClassVar[tuple[Deviation, ...]] = LateFusionModel.deviations + (
+        Deviation("model.fuse_at_first_validation", "the released code fuses the RepVGG blocks before every "
+                  "evaluation, so they are fused (and frozen) after epoch 1; the paper trains the multi-branch form "
+                  "and fuses once for inference", "paper", "False (paper) | True (code)",
+                  "V2EM/src/trainers/r_emotiontrainer.py"),
+        Deviation("model.train_visual_head", "the released code leaves v_out out of the optimiser", "paper",
+                  "True (paper) | False (code)", "V2EM/main.py"),
+        Deviation("train.early_stop", "FV2ES's README asks for patience 6 but the code comments out the break: all "
+                  "30 epochs run, the best valid epoch is kept", "code", "None/0 (code) | 6 (README)",
+                  "V2EM/src/trainers/r_emotiontrainer.py"),
+    )
 
     def __init__(self, num_outputs: int, config: FV2ESConfig | str | dict | None = None, **kwargs) -> None:
         super().__init__(num_outputs, config, **kwargs)

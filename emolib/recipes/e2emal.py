@@ -2,8 +2,9 @@
 
 E2EMAL (Huynh et al., IEEE MultiMedia 2021; th2l/E2EMAL) is the model ``emolib.models.e2emal`` trained with the
 adaptive (uncertainty-weighted) loss ``emolib.losses.adaptive``. This module holds the training configuration
-(``e2emal_train_config``, ``E2EMAL_FRAMES``), the loss parameters (``e2emal_loss_params``), the size breakdown
-behind the paper's "~1 MB extractor" claim, the learned s_i curves and the modality attention, with their plots.
+(``e2emal_train_config``, ``E2EMAL_FRAMES``), the cache parameters (``E2EMAL_PREPARE``), the loss parameters
+(``e2emal_loss_params``), the size breakdown behind the paper's "~1 MB extractor" claim, the learned s_i curves and
+the modality attention, with their plots.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from emolib.data.dataset import FrameOptions, collate  # noqa: F401 (notebook AP
 from emolib.experiment import Experiment, experiment_summary, load_splits, run_experiment  # noqa: F401
 from emolib.models.blocks import count_parameters
 from emolib.models.e2emal import E2EMAL, MODALITIES
+from emolib.models.e2emal_inputs import MIN_FACE_CONF
 
 
 def float32_mb(n_params: int) -> float:
@@ -84,21 +86,27 @@ def e2emal_loss_params(dataset: str, *, task: str = "multilabel", adaptive: bool
     return {"base": base, "lam": float(default_lam if lam is None else lam), "fused_only": not adaptive}
 
 
+KERAS_ADAM_EPSILON = 1e-7
+"""``tf.keras.optimizers.Adam``'s default epsilon (TF 2.3, E2EMAL's container), which E2EMAL's ``main.py`` keeps."""
+
+
 def e2emal_train_config(*, epochs: int = 20, batch_size: int = 32, lr: float = 1e-3, min_lr: float = 1e-4,
                         warmup_epochs: float = 5, cosine_epochs: float = 15, select_protocol: str | None = "e2emal",
                         swa_start_epoch: float | None = None, swa_period_steps: int = 1,
-                        **overrides: Any) -> dict[str, Any]:
+                        adam_eps: float = KERAS_ADAM_EPSILON, **overrides: Any) -> dict[str, Any]:
     """TrainConfig fields of E2EMAL's schedule (th2l/E2EMAL ``src/CMU-MOSEI/train.sh``, ``main.py`` and
     ``utils.py: CusLRScheduler``): Adam, per-step linear warm-up over 5 epochs, cosine decay to ``min_lr`` at
     epoch 15, constant after; CMU-MOSEI: lr 1e-3 -> 1e-4, batch 32, 20 epochs, best epoch by valid weighted
     accuracy of the ``e2emal`` protocol. MERC2020 adds SWA from epoch 15 every 15 steps
-    (``swa_start_epoch=15, swa_period_steps=15``) and lr 5e-3, batch 64. ``overrides`` are further TrainConfig
-    fields. ``select_protocol=None`` selects with the dataset's table protocol instead."""
+    (``swa_start_epoch=15, swa_period_steps=15``) and lr 5e-3, batch 64. ``adam_eps``: ``tf.keras.optimizers.Adam``'s
+    default epsilon 1e-7 (``main.py`` passes only the learning rate; PyTorch's default is 1e-8, see
+    ``TrainConfig.adam_eps`` for how Keras applies it). ``overrides`` are further TrainConfig fields.
+    ``select_protocol=None`` selects with the dataset's table protocol instead."""
     if not 0 < min_lr <= lr:
         raise ValueError(f"need 0 < min_lr <= lr, got {min_lr}, {lr}")
     config: dict[str, Any] = {"epochs": epochs, "batch_size": batch_size, "optimizer": "adam", "lr": lr,
                               "scheduler": "cosine", "warmup_epochs": warmup_epochs,
-                              "cosine_epochs": cosine_epochs, "min_lr_factor": min_lr / lr}
+                              "cosine_epochs": cosine_epochs, "min_lr_factor": min_lr / lr, "adam_eps": adam_eps}
     if select_protocol is not None:
         config["primary_protocol"] = select_protocol
     if swa_start_epoch is not None:
@@ -109,6 +117,13 @@ def e2emal_train_config(*, epochs: int = 20, batch_size: int = 32, lr: float = 1
 
 E2EMAL_FRAMES: dict[str, Any] = {"face_size": None, "max_frames": None}
 """FrameOptions for E2EMAL runs: every cached frame at its cached size (the model selects and re-crops)."""
+
+E2EMAL_PREPARE: dict[str, Any] = {"min_face_conf": MIN_FACE_CONF}
+"""PrepareParams overrides for a cache E2EMAL trains on (``adapter.prepare_params("emolib", **E2EMAL_PREPARE)``):
+per frame the largest face among the detections with MTCNN probability >= 0.65, as th2l/E2EMAL
+``src/CMU-MOSEI/face_extractor.py`` keeps, instead of the largest face of any confidence (``min_face_conf=0``,
+after which the model's 0.65 filter drops the frame when that face is below it, even if a smaller face passes).
+With MTCNN's default output threshold 0.7 both store the same faces."""
 
 
 # ------------------------------------------------------------------------------------------ notebook views

@@ -1,5 +1,6 @@
-"""The EmoMBT recipe (notebook 05): model overrides per task, the multitask losses' parameters, per-head
-evaluation and the task-weight curves (khanhnd185/EmoMBT; Nguyen et al., Applied Sciences 2025).
+"""The EmoMBT recipe (notebook 05): model overrides per task, the multitask losses' parameters and the heads they
+train, the selection protocol, per-head evaluation and the task-weight curves (khanhnd185/EmoMBT; Nguyen et al.,
+Applied Sciences 2025).
 
 The model is ``emolib.models.emombt``; the task-weighting losses (mean, DWA, RRUW, DRUW) are
 ``emolib.losses.multitask``.
@@ -17,6 +18,7 @@ from torch import nn
 from emolib.data.dataset import FrameOptions, collate  # noqa: F401 (notebook API)
 from emolib.experiment import (  # noqa: F401
     Experiment,
+    dataset_protocols,
     experiment_summary,
     load_splits,
     primary_protocol,
@@ -24,6 +26,7 @@ from emolib.experiment import (  # noqa: F401
 )
 from emolib.losses.multitask import OWN_TARGET, TASKS, parse_sims_labels
 from emolib.metrics import get_protocol
+from emolib.models import model_config
 
 
 def emombt_overrides(task: str, **choices: Any) -> dict[str, Any]:
@@ -40,6 +43,43 @@ def emombt_overrides(task: str, **choices: Any) -> dict[str, Any]:
 
 def _unset(value: Any) -> bool:
     return value is None or (isinstance(value, str) and value == "") or (type(value) is int and value == 0)
+
+
+# ------------------------------------------------------------------------------------------ model selection
+
+
+def selection_protocol(cache: Any, select_metric: str | None = None, primary: str | None = None) -> str:
+    """The protocol whose valid averages select the best epoch (``TrainConfig.primary_protocol``).
+
+    ``cache``: a dataset cache (its adapter declares the protocols, the table's first) or the protocol names.
+    ``primary`` (non-empty) is used as given, after checking that the dataset declares it and that its metrics
+    hold every key of ``select_metric``. Otherwise: the table protocol when ``select_metric`` is unset or its
+    keys are among the table protocol's metrics, else the first declared protocol whose metrics (``Protocol
+    .metrics``) hold them all. khanhnd185's criterion ``"f1+acc"`` (valid average F1 + plain accuracy) thus
+    selects on ``dai-iemocap`` for CMU-MOSEI, whose table protocol ``dai-mosei`` has weighted accuracy instead
+    (the adapter declares ``dai-iemocap`` as the code variant). No match raises, naming each protocol's metrics.
+    """
+    if isinstance(cache, str):
+        raise TypeError("cache: pass a dataset cache or a list of protocol names, not a string")
+    declared = list(cache) if isinstance(cache, Sequence) else dataset_protocols(cache)
+    if not declared:
+        raise ValueError("the dataset declares no protocol")
+    keys = [k.strip() for k in (select_metric or "").split("+") if k.strip()]
+    metrics = {name: tuple(get_protocol(name).metrics) for name in declared}
+    available = "; ".join(f"{name}: {', '.join(m)}" for name, m in metrics.items())
+    if primary:
+        if primary not in declared:
+            raise ValueError(f"primary protocol {primary!r} is not one of this dataset's protocols {declared}")
+        missing = [k for k in keys if k not in metrics[primary]]
+        if missing:
+            raise ValueError(f"select_metric {select_metric!r}: protocol {primary!r} has no {missing}; the metrics of "
+                             f"this dataset's protocols are {available}")
+        return primary
+    for name in declared:
+        if all(k in metrics[name] for k in keys):
+            return name
+    raise ValueError(f"select_metric {select_metric!r}: no protocol of this dataset has all of {keys}; the metrics of "
+                     f"its protocols are {available}")
 
 
 # ------------------------------------------------------------------------------------------ head evaluation
@@ -109,19 +149,39 @@ def _scaled(proto: Any, average: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def multitask_loss_params(loss: str, *, task: str, fused_head: bool = True, temperature: float = 10.0,
-                          freeze_sigma: bool = False, sims_labels: str | None = None) -> dict[str, object]:
+def loss_tasks(config: Any = "tiny", **overrides: Any) -> list[str]:
+    """The heads of an emombt configuration (a name, dict or ``EmoMBTConfig``, plus overrides) that carry a loss,
+    in the multitask losses' order: ``["fusion"]`` under ``fusion_only`` (the code's avg/gate/``--fusion
+    fusion``), else the head of every modality in use and the fused head (none for ``dict``)."""
+    heads = model_config("emombt", config, **overrides).output_heads
+    return [t for t in TASKS if t in heads]
+
+
+def multitask_loss_params(loss: str, *, task: str, fused_head: bool = True, tasks: Sequence[str] | None = None,
+                          temperature: float = 10.0, freeze_sigma: bool = False,
+                          sims_labels: str | None = None) -> dict[str, object]:
     """Constructor parameters of multitask loss ``loss`` for a dataset ``task`` ("multilabel" or "regression").
 
     Only the parameters that loss takes are returned: ``temperature`` for dwa/druw, ``freeze_sigma`` for
-    rruw/druw, ``sims_labels`` for regression, ``tasks`` without "fusion" when the model has no fused head.
+    rruw/druw, ``sims_labels`` for regression, and ``tasks`` when the trained heads are not all four: the
+    ``tasks`` given (``loss_tasks`` of the model's configuration), else all but "fusion" when the model has no
+    fused head.
     """
     if loss not in ("mean", "dwa", "rruw", "druw"):
         raise ValueError(f"{loss!r} is not a multitask loss (mean, dwa, rruw, druw)")
     if task not in ("multilabel", "regression"):
         raise ValueError(f"task must be 'multilabel' or 'regression', got {task!r}")
     params: dict[str, object] = {}
-    if not fused_head:
+    if tasks is not None:
+        unknown = sorted(set(tasks) - set(TASKS))
+        if unknown or not tasks:
+            raise ValueError(f"tasks must be names from {TASKS}, got {list(tasks)}")
+        if not fused_head and "fusion" in tasks:
+            raise ValueError("tasks names 'fusion' but fused_head=False")
+        chosen = [t for t in TASKS if t in tasks]
+        if chosen != list(TASKS):
+            params["tasks"] = chosen
+    elif not fused_head:
         params["tasks"] = [t for t in TASKS if t != "fusion"]
     if loss in ("dwa", "druw"):
         params["temperature"] = float(temperature)
