@@ -7,7 +7,7 @@ KERNEL  := emo
 STAMP   := $(VENV)/.emolib-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup reproduce test test-all lint lab bench list clean-results
+.PHONY: setup reproduce rehearse test test-all lint lab bench list clean-results
 
 setup: $(STAMP)
 
@@ -23,6 +23,12 @@ $(STAMP): requirements.txt pyproject.toml
 
 reproduce: $(STAMP)
 	$(BIN)/emolib run params/$(PROFILE).yaml --kernel $(KERNEL)
+
+# Rehearse the paper profiles on their synthetic releases (paper-size models, one short epoch) and write
+# results/<profile>-rehearsal/estimate.{md,json}; REHEARSE=iemocap rehearses one.
+REHEARSE ?= iemocap mosei sims
+rehearse: $(STAMP)
+	@for p in $(REHEARSE); do $(BIN)/emolib run params/$$p.yaml --rehearse --kernel $(KERNEL) || exit 1; done
 
 # pytest exits 5 when it collected no tests: that is a failure here, never a silent pass.
 test: $(STAMP)

@@ -11,7 +11,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from emolib.pipeline.runner import run_profile
 
     return run_profile(args.profile, root=Path(args.root) if args.root else None, force=args.force,
-                       only=args.only, start_from=args.start_from, dry_run=args.dry_run, kernel=args.kernel)
+                       only=args.only, start_from=args.start_from, dry_run=args.dry_run, kernel=args.kernel,
+                       overrides=args.set or (), rehearse=args.rehearse)
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -170,6 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the plan without executing")
     p.add_argument("--kernel", help="Jupyter kernel name (default: one bound to this Python, installed if missing)")
     p.add_argument("--root", help="repository root (default: the folder above params/)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a parameter in every run that declares it (STEP.KEY=VALUE: one step); YAML values")
+    p.add_argument("--rehearse", action="store_true",
+                   help="rehearse the profile on its synthetic release with the paper-size models, one short epoch, "
+                        "into results/<profile>-rehearsal/, and estimate the cost of the real run")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("list", help="list registered datasets, models, losses and metric protocols")

@@ -193,13 +193,17 @@ def _table_protocols(declared: Sequence[str], primary_of_runs: set[str], publish
     return [declared[0]] + [p for p in declared[1:] if p in used]
 
 
+REHEARSAL = "REHEARSAL (synthetic release, one short epoch, stand-in weights; not results): "
+
+
 def build_tables(records: Sequence[dict[str, Any]], *, published_dir: Path = PUBLISHED_DIR,
-                 datasets: Sequence[str] = ("iemocap", "mosei", "sims")) -> list[Table]:
+                 datasets: Sequence[str] = ("iemocap", "mosei", "sims"), rehearsal: bool = False) -> list[Table]:
     """Every table the records and published files support.
 
     One dataset per registered adapter named by a record's ``dataset_adapter``, plus ``datasets`` (the papers'
     tables, shown with their published rows even before any run). Records that name no registered dataset
-    cannot be placed in a table and are left out.
+    cannot be placed in a table and are left out. ``rehearsal``: every caption is headed REHEARSAL and no
+    published row is shown (a rehearsal's numbers must never stand beside the papers').
     """
     from emolib.data.adapter import Adapter
     from emolib.records import aggregate
@@ -225,6 +229,8 @@ def build_tables(records: Sequence[dict[str, Any]], *, published_dir: Path = PUB
         task = tasks.get(name, adapter.task)
         declared = [u.protocol for u in adapter.protocols_for(task)]
         published = load_published(name, published_dir)
+        if rehearsal:
+            published = published.iloc[0:0]
         classes = tuple(getattr(adapter, "label_names", ()) or classes_of.get(name, ()))
         for protocol in _table_protocols(declared, selected.get(name, set()), published):
             shown = [r for r in records if r.get("dataset_adapter") == name and protocol in r["metrics"]]
@@ -237,6 +243,8 @@ def build_tables(records: Sequence[dict[str, Any]], *, published_dir: Path = PUB
                 table = classification_table(name, agg, protocol, classes=classes, datasets=record_datasets,
                                              published=published)
             table.card = deviation_card(name, shown)
+            if rehearsal:
+                table.caption = REHEARSAL + table.caption
             tables.append(table)
     return tables
 

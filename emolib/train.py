@@ -515,7 +515,8 @@ def train_one_epoch(model: nn.Module, loss: nn.Module, loader: Any, optimizer: A
                          device=accelerator.device)
     stats = accelerator.reduce(stats, reduction="sum").cpu().tolist()
     count = stats[1]
-    return {"loss": stats[0] / count, "parts": {k: v / count for k, v in zip(sorted(sums), stats[2:])}}
+    return {"loss": stats[0] / count, "parts": {k: v / count for k, v in zip(sorted(sums), stats[2:])},
+            "steps": steps}
 
 
 @torch.no_grad()
@@ -618,6 +619,15 @@ _RUN_INFO_KEYS = ("model", "profile", "variant", "dataset_adapter", "model_param
                   "loss_params", "deviations")
 
 
+def _timing(history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Seconds per training step and per evaluation batch (this process), summed over the epochs run."""
+    rows = [r for r in history if "train_steps" in r]  # epochs of a checkpoint written before timing was kept
+    steps, batches = sum(r["train_steps"] for r in rows), sum(r["eval_batches"] for r in rows)
+    train_s, eval_s = sum(r["train_s"] for r in rows), sum(r["eval_s"] for r in rows)
+    return {"train_steps": steps, "train_s": train_s, "train_step_s": train_s / steps if steps else None,
+            "eval_batches": batches, "eval_s": eval_s, "eval_batch_s": eval_s / batches if batches else None}
+
+
 def build_record(*, run_info: Mapping[str, Any], config: TrainConfig, dataset_name: str, primary: str,
                  class_names: Sequence[str], state: Mapping[str, Any], n_params: int, n_trainable: int,
                  runtime: Mapping[str, Any]) -> dict[str, Any]:
@@ -650,6 +660,7 @@ def build_record(*, run_info: Mapping[str, Any], config: TrainConfig, dataset_na
         "stopped_early": state["stopped_early"],
         "curves": curves_from_history(state["history"]),
         "epoch_time_s": [row["time_s"] for row in state["history"]],
+        "timing": _timing(state["history"]),
         "environment": {**environment_info(), **runtime},
         "wall_time_s": state["wall_time_s"],
         "peak_memory_bytes": peak,
@@ -802,14 +813,19 @@ class _Run:
             after_step = lambda step: swa.after_step(first + step)  # noqa: E731
         stats = train_one_epoch(self.model, self.loss, self.train_loader, self.optimizer, self.scheduler, acc,
                                 config, epoch, after_step)
+        t_train = time.perf_counter() - t0
         valid = predict(self.model, self.valid_loader, acc, f"epoch {epoch} valid", config.progress)
         test = predict(self.model, self.test_loader, acc, f"epoch {epoch} test", config.progress)
+        t_eval = time.perf_counter() - t0 - t_train
         results = evaluate_epoch(self.protocols, valid, test, self.class_names)
         score = self.primary_proto.selection_score(results[self.primary]["valid"], config.select_metric)
         improved = self._select(epoch, score, results)
         self.state["history"].append({
             "epoch": epoch, "train_loss": stats["loss"], "train_parts": stats["parts"], "lr": lr, "select": score,
             "improved": improved, "time_s": time.perf_counter() - t0,
+            # for cost estimates (emolib.rehearsal): seconds per training step and per evaluation batch
+            "train_s": t_train, "train_steps": stats["steps"], "eval_s": t_eval,
+            "eval_batches": len(self.valid_loader) + len(self.test_loader),
             "valid": {p: r["valid"]["average"] for p, r in results.items()},
             "test": {p: r["test"]["average"] for p, r in results.items()},
         })

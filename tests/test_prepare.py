@@ -16,7 +16,7 @@ import torch
 from helpers import TINY_PREPARE
 
 from emolib.data import get_adapter
-from emolib.data.cache import Cache, CacheError, CacheWriter
+from emolib.data.cache import TIMING_FILE, Cache, CacheError, CacheWriter
 from emolib.data.dataset import CachedDataset, FrameOptions, collate
 from emolib.data.prepare import PrepareParams, UtteranceSource, prepare_sources
 from emolib.data.splits import random_split, read_split_dir
@@ -27,7 +27,9 @@ PARAMS = PrepareParams(**TINY_PREPARE)
 
 
 def _files(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    """Every file of a cache and its bytes; timing.json (wall time of the last invocation) is not content."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != TIMING_FILE}
 
 
 @pytest.mark.parametrize("dataset", ["iemocap", "mosei", "sims"])

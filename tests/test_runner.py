@@ -228,3 +228,62 @@ def test_shipped_profiles_are_valid(profile: str) -> None:
     check_runs(prof.runs)
     tables = [r for r in prof.runs if r.notebook.name.startswith("06_")]
     assert tables and prof.runs[-1] == tables[-1], "the tables notebook runs last"
+
+
+# ------------------------------------------------------------------------------------- --set and --rehearse
+
+
+def test_set_overrides_declared_parameters_and_refuses_unknown_keys(capsys) -> None:
+    from emolib.pipeline.overrides import Adjuster, parse_overrides
+    from emolib.pipeline.profile import load_profile
+
+    assert parse_overrides(["epochs=1", "fv2es.lr=1e-5", "seeds=[0, 1]", "text_model=minilm"]) == [
+        (None, "epochs", 1), ("fv2es", "lr", 1e-05), (None, "seeds", [0, 1]), (None, "text_model", "minilm")]
+    root = Path(__file__).resolve().parents[1]
+    adjuster = Adjuster(["epochs=1", "fv2es.lr=0.1"])
+    profile = load_profile("iemocap", root, adjust=adjuster)
+    adjuster.check()
+    runs = {r.key: r.parameters for r in profile.runs}
+    assert all(p["epochs"] == 1 for k, p in runs.items() if k.startswith(("baselines", "fv2es")))
+    assert runs["fv2es:paper"]["lr"] == 0.1 and runs["baselines:audio"]["lr"] == 5e-05
+    assert "epochs" not in runs["data"]  # notebook 01 declares no epochs: untouched
+    # an overridden value changes the fingerprint, so the step reruns
+    plain = {r.key: r for r in load_profile("iemocap", root).runs}
+    assert plain["fv2es:paper"].parameters["lr"] != runs["fv2es:paper"]["lr"]
+    # bad keys: one error line, exit 2, nothing runs
+    assert run_profile("iemocap", root=root, overrides=["nosuch=1"], dry_run=True) == 2
+    assert "no notebook of any step declares the parameter 'nosuch'" in capsys.readouterr().err
+    assert run_profile("iemocap", root=root, overrides=["nostep.lr=1"], dry_run=True) == 2
+    assert "has no step 'nostep'" in capsys.readouterr().err
+    assert run_profile("iemocap", root=root, overrides=["data.lr=1"], dry_run=True) == 2
+    assert run_profile("iemocap", root=root, overrides=["oops"], dry_run=True) == 2
+    out = io.StringIO()
+    assert run_profile("iemocap", root=root, overrides=["epochs=1"], dry_run=True, out=out) == 0
+
+
+def test_rehearsal_rewrites_the_paper_profile() -> None:
+    from emolib.pipeline.overrides import REHEARSAL_STEPS, Adjuster
+    from emolib.pipeline.profile import load_profile
+
+    root = Path(__file__).resolve().parents[1]
+    for name in ("iemocap", "mosei", "sims"):
+        real = {r.key: r.parameters for r in load_profile(name, root).runs}
+        profile = load_profile(name, root, adjust=Adjuster(rehearse=True), name_suffix="-rehearsal")
+        assert profile.name == f"{name}-rehearsal"
+        for run in profile.runs:
+            p, orig = run.parameters, real[run.key]
+            assert p["profile"] == f"{name}-rehearsal"
+            if "source_root" in orig:
+                assert p["source_root"] == "" and p["synth_size"] == "tiny"
+            if "epochs" in orig:
+                assert p["epochs"] == 1 and p["max_steps_per_epoch"] == REHEARSAL_STEPS and p["seeds"] == [0]
+                # paper-size models and the profile's batch size and learning rate are kept
+                assert p["model_config"] == "paper" and p["batch_size"] == orig["batch_size"]
+                assert p.get("lr") == orig.get("lr")
+            if orig.get("text_model") in ("albert-base-v2", "bert-base-chinese"):
+                assert p["text_model"] == "stand-in:" + orig["text_model"]
+            for out in run.outputs:
+                assert f"results/{name}-rehearsal/" in str(out)  # never the real results folder
+            assert not p.get("split_dir") and not p.get("folds")
+        tables = next(r for r in profile.runs if r.step == "tables")
+        assert tables.parameters["rehearsal"] is True

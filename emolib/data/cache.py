@@ -12,9 +12,11 @@ Layout of a cache folder (one per dataset and parameter set)::
       index.jsonl              one metadata line per utterance, sorted by uid (rebuilt from the .json files)
       provenance.json          parameters, versions, face statistics, sources with sizes and checksums,
                                skipped utterances with reasons, code version
+      timing.json              seconds and utterances of the invocation that finished the cache (cost estimates;
+                               the one file that is not deterministic, so it is not part of the cache's content)
 
 Records are written atomically and byte-deterministically (fixed zip timestamps), so an interrupted and resumed
-``prepare`` produces the same files as an uninterrupted one.
+``prepare`` produces the same files as an uninterrupted one (``timing.json`` aside).
 """
 
 from __future__ import annotations
@@ -103,10 +105,18 @@ class CacheWriter:
         write_text(path, "".join(json.dumps(m, sort_keys=True, ensure_ascii=False) + "\n" for m in metas))
         return path
 
+    def write_timing(self, seconds: float, utterances: int) -> Path:
+        path = self.root / TIMING_FILE
+        write_json(path, {"seconds": seconds, "utterances_processed": utterances})
+        return path
+
     def write_provenance(self, provenance: dict[str, Any]) -> Path:
         path = self.root / "provenance.json"
         write_json(path, {"cache_version": CACHE_VERSION, **provenance})
         return path
+
+
+TIMING_FILE = "timing.json"
 
 
 class Cache:

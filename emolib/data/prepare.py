@@ -233,6 +233,7 @@ def prepare_sources(
     if complete:
         metas = [m for m in metas if m["uid"] in all_uids]
         writer.write_index(metas)
+        writer.write_timing(time.monotonic() - t0, n_written)
         writer.write_provenance({
             "dataset": dataset,
             "task": task,

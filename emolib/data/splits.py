@@ -36,6 +36,10 @@ def random_split(ids: Iterable[str], *, seed: int = 0, fractions: tuple[float, f
     rng.shuffle(order)
     n_train = round(fractions[0] * len(order))
     n_valid = round(fractions[1] * len(order))
+    if len(order) >= 3 and all(fractions):
+        # Tiny sets (3 or 4 ids) would round the valid split to nothing: keep one id in every split.
+        n_valid = max(n_valid, 1)
+        n_train = min(max(n_train, 1), len(order) - n_valid - 1)
     out = {}
     for i, uid in enumerate(order):
         out[uid] = "train" if i < n_train else "valid" if i < n_train + n_valid else "test"

@@ -17,13 +17,15 @@ A profile file::
           - {id: iemocap, dataset: iemocap}
           - {id: mosei, dataset: mosei}
 
-Every run receives the parameter ``profile`` (the profile name) when its notebook declares it. Paths in a
-profile are relative to the repository root (the folder holding ``params/``).
+Every run receives the parameter ``profile`` (the profile name) when its notebook declares it; ``{profile}`` in a
+string parameter is replaced by it. Paths in a profile are relative to the repository root (the folder holding
+``params/``).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,7 +85,15 @@ def resolve_profile_path(arg: str | Path, root: Path | None = None) -> Path:
     raise ProfileError(f"{arg}: no such profile file (known profiles: {', '.join(known) or 'none'})")
 
 
-def load_profile(arg: str | Path, root: Path | None = None) -> Profile:
+# adjust(step, notebook, parameters) -> parameters: applied to each run before its paths are filled (overrides,
+# rehearsal); see emolib.pipeline.overrides.
+Adjust = Callable[[str, Path, dict[str, Any]], dict[str, Any]]
+
+
+def load_profile(arg: str | Path, root: Path | None = None, *, adjust: Adjust | None = None,
+                 name_suffix: str = "") -> Profile:
+    """Load and validate a profile. ``adjust`` rewrites each run's parameters; ``name_suffix`` renames the
+    profile (a rehearsal of ``iemocap`` is ``iemocap-rehearsal``, with its own results folder)."""
     path = resolve_profile_path(arg, root)
     root = root.resolve() if root else path.parent.parent
     try:
@@ -96,7 +106,7 @@ def load_profile(arg: str | Path, root: Path | None = None) -> Profile:
     if not isinstance(data, dict):
         raise ProfileError(f"{path}: a profile must be a mapping with a 'steps' list")
     _reject_unknown(path, "profile", data, _PROFILE_KEYS)
-    name = str(data.get("name") or path.stem)
+    name = str(data.get("name") or path.stem) + name_suffix
     common = _mapping(path, "parameters", data.get("parameters"))
     common_inputs = _paths(path, root, "inputs", data.get("inputs"))
     steps = data.get("steps")
@@ -105,7 +115,7 @@ def load_profile(arg: str | Path, root: Path | None = None) -> Profile:
     profile = Profile(name, path, root, str(data.get("description") or ""), data.get("kernel"))
     seen: set[str] = set()
     for i, step in enumerate(steps, 1):
-        for run in _expand_step(path, root, i, step, common, common_inputs, name):
+        for run in _expand_step(path, root, i, step, common, common_inputs, name, adjust):
             if run.key in seen:
                 raise ProfileError(f"{path}: step {i}: duplicate run name {run.key!r}")
             seen.add(run.key)
@@ -113,7 +123,7 @@ def load_profile(arg: str | Path, root: Path | None = None) -> Profile:
     return profile
 
 
-def _expand_step(path, root, index, step, common, common_inputs, profile_name) -> list[Run]:
+def _expand_step(path, root, index, step, common, common_inputs, profile_name, adjust=None) -> list[Run]:
     if not isinstance(step, dict):
         raise ProfileError(f"{path}: step {index}: must be a mapping with 'name' and 'notebook'")
     _reject_unknown(path, f"step {index}", step, _STEP_KEYS)
@@ -133,9 +143,14 @@ def _expand_step(path, root, index, step, common, common_inputs, profile_name) -
     def files(values: list[str], run_params: dict[str, Any], where: str) -> tuple[Path, ...]:
         return tuple((root / _fill(path, where, v, run_params)).resolve() for v in values)
 
+    def final(p: dict[str, Any]) -> dict[str, Any]:
+        # "{profile}" in a string parameter is the profile name (so a rehearsal's paths move with it)
+        p = {k: v.replace("{profile}", profile_name) if isinstance(v, str) else v for k, v in p.items()}
+        return adjust(name, notebook, p) if adjust is not None else p
+
     runs = step.get("runs")
     if runs is None:
-        p = {"profile": profile_name, **params}
+        p = final({"profile": profile_name, **params})
         return [Run(name, name, notebook, p, common_inputs + files(raw_inputs, p, f"step {name!r}"),
                     files(raw_outputs, p, f"step {name!r}"), optional)]
     if not isinstance(runs, list) or not runs:
@@ -146,7 +161,7 @@ def _expand_step(path, root, index, step, common, common_inputs, profile_name) -
         run_id = str(extra.pop("id", j + 1))
         if not _NAME.match(run_id):
             raise ProfileError(f"{path}: step {name!r} run {j + 1}: id {run_id!r} is not a simple identifier")
-        p = {"profile": profile_name, **params, **extra}
+        p = final({"profile": profile_name, **params, **extra})
         where = f"step {name!r} run {run_id!r}"
         out.append(Run(name, f"{name}:{run_id}", notebook, p, common_inputs + files(raw_inputs, p, where),
                        files(raw_outputs, p, where), optional - set(extra)))

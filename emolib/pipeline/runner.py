@@ -205,6 +205,9 @@ class Runner:
     def _save_state(self, state: dict) -> None:
         write_json(self.state_path, state)
 
+    def _records(self) -> dict[Path, float]:
+        return {p: p.stat().st_mtime for p in (self.base / "runs").rglob("seed=*.json")}
+
     def _print(self, text: str) -> None:
         self.out.write(text + "\n")
         self.out.flush()
@@ -268,6 +271,7 @@ class Runner:
             nb_out.parent.mkdir(parents=True, exist_ok=True)
             log.parent.mkdir(parents=True, exist_ok=True)
             t0 = time.monotonic()
+            before = self._records()
             outcome = Outcome(run, "ran", notebook_out=nb_out, log=log)
             with open(log, "w", encoding="utf-8") as log_fh:
                 tee = _Tee(self.out, log_fh)
@@ -301,7 +305,10 @@ class Runner:
             else:
                 self._print(f"{head}: done in {outcome.seconds:.1f}s")
                 state[run.key] = {"fingerprint": fp, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                  "seconds": round(outcome.seconds, 2)}
+                                  "seconds": round(outcome.seconds, 2),
+                                  # the run records this run wrote (new or rewritten), for cost estimates
+                                  "records": sorted(_rel(p, self.base) for p, m in self._records().items()
+                                                    if before.get(p) != m)}
             self._save_state(state)
             outcomes.append(outcome)
         self.summary(outcomes, time.monotonic() - start_all)
@@ -333,12 +340,19 @@ def _rel(path: Path, root: Path) -> str:
 
 def run_profile(profile_arg: str, *, root: Path | None = None, force: bool = False, only: str | None = None,
                 start_from: str | None = None, dry_run: bool = False, kernel: str | None = None,
-                out: TextIO = sys.stdout) -> int:
-    """CLI entry: returns the process exit code (0 ok, 1 a notebook failed, 2 bad profile or selection)."""
+                out: TextIO = sys.stdout, overrides: Iterable[str] = (), rehearse: bool = False) -> int:
+    """CLI entry: returns the process exit code (0 ok, 1 a notebook failed, 2 bad profile or selection).
+
+    ``overrides``: ``key=value`` / ``step.key=value`` (``--set``); ``rehearse``: the rehearsal of the profile
+    (``emolib.pipeline.overrides``), ending with the cost estimate of the real run."""
+    from emolib.pipeline.overrides import REHEARSAL_SUFFIX, Adjuster
     from emolib.pipeline.profile import load_profile
 
     try:
-        profile = load_profile(profile_arg, root)
+        adjuster = Adjuster(list(overrides), rehearse=rehearse)
+        profile = load_profile(profile_arg, root, adjust=adjuster,
+                               name_suffix=REHEARSAL_SUFFIX if rehearse else "")
+        adjuster.check()
         runs = select_runs(profile, only, start_from)
         runner = Runner(profile, force=force, kernel=kernel, out=out)
         if dry_run:
@@ -348,4 +362,12 @@ def run_profile(profile_arg: str, *, root: Path | None = None, force: bool = Fal
     except (ProfileError, RunnerError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    return 1 if any(o.status == "failed" for o in outcomes) else 0
+    failed = any(o.status == "failed" for o in outcomes)
+    if rehearse and not failed:
+        from emolib.pipeline.rehearsal import write_estimate
+
+        real = load_profile(profile_arg, root)  # the values the real run will use (epochs, seeds, ...)
+        paths = write_estimate(results_dir(profile), {r.key: r.parameters for r in real.runs})
+        print((results_dir(profile) / "estimate.md").read_text(encoding="utf-8"), file=out)
+        print("estimate: " + ", ".join(str(p) for p in paths), file=out)
+    return 1 if failed else 0

@@ -91,7 +91,8 @@ SIZE_LAYOUT: dict[str, dict[str, dict[str, Any]]] = {
         "smoke": {"sessions": 4, "dialogs": ("F_impro01", "M_impro01", "F_script01_1", "M_script01_1"),
                   "utterances": 28},
     },
-    "mosei": {"tiny": {"videos": 2, "clips": 3}, "smoke": {"videos": 28, "clips": 15}},
+    # tiny: three videos, so that the video-disjoint folds have a train, a valid and a test video
+    "mosei": {"tiny": {"videos": 3, "clips": 2}, "smoke": {"videos": 28, "clips": 15}},
     "sims": {"tiny": {"videos": 2, "clips": 3}, "smoke": {"videos": 24, "clips": 18}},
 }
 
