@@ -621,3 +621,43 @@ def test_f1_plus_acc_selection_on_a_tiny_mosei_release(synthetic_release, synthe
     assert "wacc" in record["metrics"]["dai-mosei"]["test"]["average"]  # the table protocol is still reported
     assert set(record["curves"]["train_parts"]) >= {"loss_fusion"}
     assert not any(k.startswith("loss_") and k != "loss_fusion" for k in record["curves"]["train_parts"])
+
+
+# ------------------------------------------------------------------------------------ random-init stand-ins
+
+
+def test_visual_stand_in_is_a_random_tf_efficientnet_b2_with_hsemotion_normalisation(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    stand_in = E.load_visual_backbone("stand-in:enet_b2_8", None)  # no visual_weights needed
+    model = stand_in.model.eval()
+    assert type(model).__name__ == "EfficientNet" and model.pretrained_cfg["architecture"] == E.HSEMOTION_ARCH
+    # tf_efficientnet_b2 without its classifier: 7,700,994 parameters (7,712,266 with enet_b2_8's 8-way head).
+    assert sum(p.numel() for p in model.parameters()) == 7_700_994 and model.num_features == 1408
+    assert (stand_in.mean, stand_in.std) == (E.IMAGENET_MEAN, E.IMAGENET_STD)
+    assert stand_in.source == "stand-in (random init) for enet_b2_8: timm tf_efficientnet_b2"
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 1408)  # classifier removed: pooled features
+    for empty in ("", "random"):
+        assert "stand-in" in E.load_visual_backbone("stand-in:enet_b2_8", empty).source
+    lite = E.load_visual_backbone("stand-in:" + E.LITE0_ARCH, None)
+    assert lite.mean == (0.5, 0.5, 0.5) and "random init" in lite.source and lite.model.num_features == 1280
+    with pytest.raises(ValueError, match="loads no weights"):
+        E.load_visual_backbone("stand-in:enet_b2_8", tmp_path / "enet_b2_8.pt")
+    with pytest.raises(ValueError, match="not a timm model"):
+        E.load_visual_backbone("stand-in:no_such_backbone", None)
+
+
+def test_paper_emombt_builds_and_runs_with_stand_ins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    torch.manual_seed(0)
+    model = build_model("emombt", "paper", num_outputs=6, text_model="stand-in:bert-base-chinese",
+                        visual_backbone="stand-in:enet_b2_8").eval()
+    info = model.weights_info
+    assert "stand-in:bert-base-chinese" in info["text"] and info["text"].endswith("(stand-in)")
+    assert info["visual"].startswith("stand-in (random init) for enet_b2_8")
+    assert model.text_encoder.hidden_size == 768 and model.visual.backbone.num_features == 1408
+    assert model.config.image_size == 260
+    with torch.no_grad():
+        out = model(contract_batch(0, face_size=64))
+    assert set(out) == {"logits", "fusion", "text", "visual", "audio"}
+    assert all(v.shape == (3, 6) and torch.isfinite(v).all() for v in out.values())

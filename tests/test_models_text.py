@@ -1,7 +1,9 @@
-"""Tests of the offline text encoder: MiniLM from its wheel, missing-weight errors, truncation, tiny random init."""
+"""Tests of the offline text encoder: MiniLM from its wheel, missing-weight errors, truncation, tiny random init,
+and the random-init stand-ins of albert-base-v2 and bert-base-chinese (paper FE2E with one)."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -135,3 +137,98 @@ def test_rejects_a_bare_string_and_bad_options() -> None:
         TextEncoder.tiny_random(pooling="max")
     with pytest.raises(ValueError, match="max_length"):
         TextEncoder.tiny_random(max_length=1)
+
+
+# ------------------------------------------------------------------------------------ random-init stand-ins
+
+# The real checkpoints' parameters (transformers AlbertModel / BertModel from their config.json), without the
+# pooler that TextEncoder never builds; with it: 11,683,584 (albert-base-v2) and 102,267,648 (bert-base-chinese).
+STAND_IN_PARAMS = {"albert-base-v2": 11_092_992, "bert-base-chinese": 101_677_056}
+STAND_IN_VOCAB = {"albert-base-v2": 30000, "bert-base-chinese": 21128}
+# English, Chinese, words whose MiniLM ids lie above 21128 ("brasil incentives") and Korean, whose decomposed
+# jamo pieces lie above 30000: both stand-ins must fold them into their vocabularies.
+STAND_IN_TEXTS = SENTENCES + ["今天天气很好，我很开心！", "这个消息太糟糕了。", "brasil incentives", "정말 행복해요"]
+
+
+@pytest.fixture(scope="module")
+def stand_ins() -> dict[str, TextEncoder]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        return {name: TextEncoder("stand-in:" + name).eval() for name in STAND_IN_PARAMS}
+
+
+@pytest.mark.parametrize("name", sorted(STAND_IN_PARAMS))
+def test_stand_ins_have_the_real_architecture_and_are_marked(stand_ins: dict[str, TextEncoder], name: str) -> None:
+    enc = stand_ins[name]
+    assert enc.source.kind == "stand-in" and name in enc.source.name and "random-init" in enc.source.name
+    assert name in repr(enc) and "stand-in" in repr(enc)
+    assert enc.hidden_size == 768 and enc.model.config.num_hidden_layers == 12
+    assert enc.model.config.num_attention_heads == 12 and enc.model.config.intermediate_size == 3072
+    assert enc.model.config.max_position_embeddings == 512
+    assert enc.model.get_input_embeddings().num_embeddings == STAND_IN_VOCAB[name] == len(enc.tokenizer)
+    assert sum(p.numel() for p in enc.parameters()) == STAND_IN_PARAMS[name]
+    assert type(enc.model).__name__ == ("AlbertModel" if name.startswith("albert") else "BertModel")
+    if name.startswith("albert"):
+        assert enc.model.config.embedding_size == 128 and enc.model.config.hidden_dropout_prob == 0.0
+
+
+@pytest.mark.parametrize("name", sorted(STAND_IN_PARAMS))
+def test_stand_ins_fold_token_ids_into_their_vocabulary(stand_ins: dict[str, TextEncoder], name: str) -> None:
+    enc = stand_ins[name]
+    vocab = STAND_IN_VOCAB[name]
+    raw = enc.tokenizer.tokenizer(STAND_IN_TEXTS, padding=True, return_tensors="pt")["input_ids"]
+    assert int(raw.max()) >= vocab  # the MiniLM tokenizer's ids exceed the stand-in's vocabulary ...
+    ids = enc.tokenize(STAND_IN_TEXTS)["input_ids"]
+    assert int(ids.max()) < vocab and int(ids.min()) >= 0  # ... and are folded into it
+    kept = raw < vocab
+    assert torch.equal(ids[kept], raw[kept])  # ids the model knows, [CLS]/[SEP]/[PAD]/[UNK] included, are kept
+    special = set(enc.tokenizer.all_special_ids)
+    assert not any(int(i) in special for i in ids[~kept])  # a folded word never becomes a special token
+    assert enc.tokenizer(["brasil incentives"])["input_ids"][0] == [int(i) for i in ids[len(SENTENCES) + 2, :4]]
+    copied = copy.deepcopy(enc.tokenizer)  # trainers copy models (best checkpoint, SWA): the wrapper survives it
+    assert len(copied) == vocab and torch.equal(copied(STAND_IN_TEXTS, padding=True, return_tensors="pt")[
+        "input_ids"], ids)
+    with torch.no_grad():
+        out = enc(STAND_IN_TEXTS, return_tokens=True)
+    assert out.pooled.shape == (len(STAND_IN_TEXTS), 768) and torch.isfinite(out.tokens).all()
+    # Chinese is split into one token per character, as bert-base-chinese's tokenizer does.
+    assert int(out.attention_mask[len(SENTENCES)].sum()) == len("今天天气很好，我很开心！") + 2
+
+
+def test_stand_ins_are_random_inits_from_the_global_rng() -> None:
+    torch.manual_seed(5)
+    a = TextEncoder("stand-in:albert-base-v2")
+    torch.manual_seed(5)
+    b = TextEncoder("stand-in:albert/albert-base-v2")  # the hub id with its organisation names the same model
+    torch.manual_seed(6)
+    c = TextEncoder("stand-in:albert-base-v2")
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+    assert not torch.equal(a.model.get_input_embeddings().weight, c.model.get_input_embeddings().weight)
+    a.train()(SENTENCES).sum().backward()
+    assert all(p.grad is not None for p in a.parameters())
+
+
+def test_stand_in_names_resolve_offline_and_unknown_ones_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    source = resolve_text_model("stand-in:bert-base-chinese")
+    assert source.kind == "stand-in" and source.location == resolve_text_model("minilm").location
+    with pytest.raises(ValueError, match="known stand-ins: stand-in:albert-base-v2, stand-in:bert-base-chinese"):
+        resolve_text_model("stand-in:roberta-base")
+    with pytest.raises(ValueError, match="no random-initialised stand-in is known for 'roberta-base'"):
+        TextEncoder("stand-in:roberta-base")
+
+
+def test_paper_fe2e_builds_and_runs_with_the_albert_stand_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    from helpers import contract_batch
+
+    from emolib.models import build_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    torch.manual_seed(0)
+    model = build_model("fe2e", "paper", num_outputs=6, text_model="stand-in:albert-base-v2").eval()
+    assert model.text_encoder.source.kind == "stand-in" and "albert-base-v2" in model.text_encoder.source.name
+    assert model.t_out.in_features == 768  # the paper's head on ALBERT-base's [CLS]
+    with torch.no_grad():
+        out = model(contract_batch(0, face_size=64))
+    assert out["logits"].shape == (3, 6) and all(torch.isfinite(v).all() for v in out.values())

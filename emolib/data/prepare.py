@@ -123,7 +123,7 @@ class PrepareParams:
     max_frames: int | None = None  # cap per utterance (None: all sampled frames)
     min_audio_samples: int = 400  # one 25 ms STFT window at 16 kHz
     chunk_utterances: int = 8  # utterances per decoding chunk (bounds memory; fixed for byte-identical resumes)
-    device: str | None = None  # None: CUDA when available
+    device: str | None = None  # None or "auto": CUDA when available
 
 
 @dataclass
@@ -300,7 +300,9 @@ def chunks(items: list, size: int) -> list[list]:
 def make_cropper(params: PrepareParams):
     from emolib.data.faces import FaceCropper
 
-    return FaceCropper(size=params.face_size, margin=params.face_margin, device=params.device,
+    # "auto" (the profiles' device parameter) means what None means: CUDA when available
+    device = None if params.device in (None, "", "auto") else params.device
+    return FaceCropper(size=params.face_size, margin=params.face_margin, device=device,
                        batch_size=params.mtcnn_batch, min_conf=params.min_face_conf, fallback=params.face_fallback,
                        margin_size=params.margin_size)
 

