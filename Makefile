@@ -24,7 +24,7 @@ $(STAMP): requirements.txt pyproject.toml
 reproduce: $(STAMP)
 	$(BIN)/emolib run params/$(PROFILE).yaml --kernel $(KERNEL)
 
-# Rehearse the paper profiles on their synthetic releases (paper-size models, one short epoch) and write
+# Rehearse the paper profiles on their synthetic releases (paper-size models, two short epochs) and write
 # results/<profile>-rehearsal/estimate.{md,json}; REHEARSE=iemocap rehearses one.
 REHEARSE ?= iemocap mosei sims
 rehearse: $(STAMP)

@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a parameter in every run that declares it (STEP.KEY=VALUE: one step); YAML values")
     p.add_argument("--rehearse", action="store_true",
-                   help="rehearse the profile on its synthetic release with the paper-size models, one short epoch, "
+                   help="rehearse the profile on its synthetic release with the paper-size models, two short epochs, "
                         "into results/<profile>-rehearsal/, and estimate the cost of the real run")
     p.set_defaults(func=_cmd_run)
 

@@ -193,7 +193,7 @@ def _table_protocols(declared: Sequence[str], primary_of_runs: set[str], publish
     return [declared[0]] + [p for p in declared[1:] if p in used]
 
 
-REHEARSAL = "REHEARSAL (synthetic release, one short epoch, stand-in weights; not results): "
+REHEARSAL = "REHEARSAL (synthetic release, two short epochs, stand-in weights; not results): "
 
 
 def build_tables(records: Sequence[dict[str, Any]], *, published_dir: Path = PUBLISHED_DIR,

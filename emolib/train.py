@@ -624,8 +624,13 @@ def _timing(history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     rows = [r for r in history if "train_steps" in r]  # epochs of a checkpoint written before timing was kept
     steps, batches = sum(r["train_steps"] for r in rows), sum(r["eval_batches"] for r in rows)
     train_s, eval_s = sum(r["train_s"] for r in rows), sum(r["eval_s"] for r in rows)
+    # After the first epoch: the first steps pay one-off costs (allocator, kernel selection, lazy imports).
+    warm = rows[1:] or rows
+    warm_steps, warm_batches = sum(r["train_steps"] for r in warm), sum(r["eval_batches"] for r in warm)
     return {"train_steps": steps, "train_s": train_s, "train_step_s": train_s / steps if steps else None,
-            "eval_batches": batches, "eval_s": eval_s, "eval_batch_s": eval_s / batches if batches else None}
+            "eval_batches": batches, "eval_s": eval_s, "eval_batch_s": eval_s / batches if batches else None,
+            "warm_train_step_s": sum(r["train_s"] for r in warm) / warm_steps if warm_steps else None,
+            "warm_eval_batch_s": sum(r["eval_s"] for r in warm) / warm_batches if warm_batches else None}
 
 
 def build_record(*, run_info: Mapping[str, Any], config: TrainConfig, dataset_name: str, primary: str,

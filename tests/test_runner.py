@@ -262,7 +262,7 @@ def test_set_overrides_declared_parameters_and_refuses_unknown_keys(capsys) -> N
 
 
 def test_rehearsal_rewrites_the_paper_profile() -> None:
-    from emolib.pipeline.overrides import REHEARSAL_STEPS, Adjuster
+    from emolib.pipeline.overrides import REHEARSAL_EPOCHS, REHEARSAL_STEPS, Adjuster
     from emolib.pipeline.profile import load_profile
 
     root = Path(__file__).resolve().parents[1]
@@ -276,7 +276,8 @@ def test_rehearsal_rewrites_the_paper_profile() -> None:
             if "source_root" in orig:
                 assert p["source_root"] == "" and p["synth_size"] == "tiny"
             if "epochs" in orig:
-                assert p["epochs"] == 1 and p["max_steps_per_epoch"] == REHEARSAL_STEPS and p["seeds"] == [0]
+                assert p["epochs"] == REHEARSAL_EPOCHS and p["max_steps_per_epoch"] == REHEARSAL_STEPS
+                assert p["seeds"] == [0]
                 # paper-size models and the profile's batch size and learning rate are kept
                 assert p["model_config"] == "paper" and p["batch_size"] == orig["batch_size"]
                 assert p.get("lr") == orig.get("lr")

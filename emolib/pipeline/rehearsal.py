@@ -1,9 +1,9 @@
 """The cost estimate that ends a rehearsal (``emolib run PROFILE --rehearse``).
 
 A rehearsal measures, on the paper-size models and batch sizes, the seconds per training step and per evaluation
-batch (``record["timing"]``), the peak memory of each training run, and the preprocessing seconds and cache bytes
-per utterance (the cache's provenance and files). The full run is then the real dataset's utterance counts x the
-profile's epochs x seeds:
+batch (``record["timing"]``, from its second epoch, after the first steps' one-off costs), the peak memory of
+each training run, and the preprocessing seconds and cache bytes per utterance (the cache's ``timing.json`` and
+files). The full run is then the real dataset's utterance counts x the profile's epochs x seeds:
 
     hours = seeds x epochs x (ceil(N_train / batch) x s_per_step + eval_batches x s_per_eval_batch) x scale / 3600
 
@@ -83,7 +83,9 @@ def estimate(base: Path, real_params: Mapping[str, Mapping[str, Any]]) -> dict[s
             rec = read_json(base / rel)
             real = REAL_DATASETS.get(rec.get("dataset_adapter"))
             timing = rec.get("timing") or {}
-            if real is None or not timing.get("train_step_s"):
+            step_s = timing.get("warm_train_step_s") or timing.get("train_step_s")
+            batch_s = timing.get("warm_eval_batch_s") or timing.get("eval_batch_s") or 0.0
+            if real is None or not step_s:
                 continue
             params = dict(real_params.get(key, {}))
             fe2e = rec["model"] == "fe2e" and params.get("fe2e_epochs")
@@ -97,13 +99,13 @@ def estimate(base: Path, real_params: Mapping[str, Mapping[str, Any]]) -> dict[s
             steps = min(steps, int(cap)) if cap else steps
             eval_batches = math.ceil(real["valid"] / eval_batch) + math.ceil(real["test"] / eval_batch)
             scale = by_dataset_scale.get(rec["dataset_adapter"], 1.0)
-            epoch_s = (steps * timing["train_step_s"] + eval_batches * (timing.get("eval_batch_s") or 0.0)) * scale
+            epoch_s = (steps * step_s + eval_batches * batch_s) * scale
             rows.append({
                 "run": key,
                 "model": rec["model"] + ("" if rec["variant"] in ("", "default") else f" ({rec['variant']})"),
                 "dataset": rec["dataset_adapter"], "batch": batch, "epochs": epochs, "seeds": seeds,
-                "steps_per_epoch": steps, "s_per_step": timing["train_step_s"],
-                "s_per_eval_batch": timing.get("eval_batch_s"), "duration_scale": round(scale, 2),
+                "steps_per_epoch": steps, "s_per_step": step_s, "s_per_eval_batch": batch_s,
+                "duration_scale": round(scale, 2),
                 "hours": seeds * epochs * epoch_s / 3600,
                 "peak_memory_gb": rec["peak_memory_bytes"] / 1e9, "peak_memory_kind": rec["peak_memory_kind"],
                 "params_m": rec["n_params"] / 1e6,
