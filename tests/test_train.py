@@ -124,7 +124,7 @@ def splits():
     return TinyEmotions(96, 1), TinyEmotions(48, 2), TinyEmotions(48, 3)
 
 
-TIMING_KEYS = ("wall_time_s", "peak_memory_bytes", "created_at", "epoch_time_s", "environment")
+TIMING_KEYS = ("wall_time_s", "peak_memory_bytes", "created_at", "epoch_time_s", "timing", "environment")
 
 
 def run(splits, run_dir, *, record=None, resume=False, on_epoch_end=None, model=None, loss=None, **overrides):
