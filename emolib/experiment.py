@@ -143,10 +143,9 @@ def run_deviations(model_name: str, cache: Cache, model: Any, config: Any, loss_
                    loss_params: dict[str, Any]) -> dict[str, Any]:
     """{parameter: value} of every deviation of the model and the cache's dataset, as this run sets them."""
     import inspect
-    from dataclasses import asdict
 
     from emolib import registry
-    from emolib.data.prepare import PrepareParams
+    from emolib.data.prepare import with_defaults
     from emolib.deviations import card, run_values
     from emolib.records import to_builtin
 
@@ -156,7 +155,7 @@ def run_deviations(model_name: str, cache: Cache, model: Any, config: Any, loss_
     provenance = cache.provenance
     values = run_values(entries, model_config=model.config.to_dict(), train=config.to_dict(),
                         loss={**loss_defaults, **loss_params},
-                        prepare={**asdict(PrepareParams()), **provenance.get("parameters", {})},
+                        prepare=with_defaults(provenance.get("parameters", {})),
                         data=dict(provenance.get("options", {})))
     return to_builtin(values)
 

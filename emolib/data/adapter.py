@@ -7,11 +7,11 @@ copy and the embedded synthetic copy.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
-from emolib.data.prepare import PrepareParams, PrepareReport, UtteranceSource, prepare_sources
+from emolib.data.prepare import PrepareParams, PrepareReport, UtteranceSource, prepare_sources, with_defaults
 
 PREPARE_RECIPES = ("emolib", "dai")
 
@@ -119,9 +119,8 @@ class Adapter:
     def recipe_differences(self, parameters: dict[str, Any], recipe: str = "dai") -> list[str]:
         """Where a cache's ``parameters`` (its provenance) differ from a recipe: "name=value (recipe: value)"."""
         wanted = self.dai_prepare if recipe == "dai" else {}
-        defaults = asdict(PrepareParams())
-        return [f"{k}={parameters.get(k, defaults.get(k))!r} ({recipe}: {v!r})" for k, v in wanted.items()
-                if parameters.get(k, defaults.get(k)) != v]
+        built = with_defaults(parameters)
+        return [f"{k}={built.get(k)!r} ({recipe}: {v!r})" for k, v in wanted.items() if built.get(k) != v]
 
     @property
     def primary_protocol(self) -> str:

@@ -126,6 +126,12 @@ class PrepareParams:
     device: str | None = None  # None or "auto": CUDA when available
 
 
+def with_defaults(parameters: dict[str, Any]) -> dict[str, Any]:
+    """A cache's recorded parameters completed with today's defaults: fields added after the cache was written
+    take their default, which reproduces the behaviour before they existed."""
+    return {**asdict(PrepareParams()), **parameters}
+
+
 @dataclass
 class PrepareReport:
     cache: Path
@@ -489,8 +495,7 @@ def _check_params(out: Path, dataset: str, params: PrepareParams, label_names: S
     comparable = {k: v for k, v in current.items() if k not in ignored}
     if path.is_file():
         # parameters added after a cache was written take their defaults (which reproduce the old behaviour)
-        old = {**{k: v for k, v in asdict(PrepareParams()).items() if k not in ignored},
-               **{k: v for k, v in read_json(path).items() if k not in ignored}}
+        old = {k: v for k, v in with_defaults(read_json(path)).items() if k not in ignored}
         if old != comparable:
             diff = sorted(k for k in set(old) | set(comparable) if old.get(k) != comparable.get(k))
             raise CacheError(f"{out}: the cache was built with different parameters ({', '.join(diff)}); "

@@ -110,7 +110,7 @@ def rehearsal_parameters(params: dict[str, Any], declared: dict[str, str]) -> di
         if key in declared:
             out[key] = value
 
-    if "source_root" in out or "source_root" in declared:
+    if "source_root" in declared:
         put("source_root", "")  # notebook 01 synthesizes the release
         put("synth_size", REHEARSAL_RELEASE)
     for key in ("split_dir", "folds"):  # Dai's lists name real utterances; the synthetic release has its own

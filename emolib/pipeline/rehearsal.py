@@ -62,12 +62,14 @@ def estimate(base: Path, real_params: Mapping[str, Mapping[str, Any]]) -> dict[s
         if stats:
             caches[prov.parent.name] = stats
     rows, data_rows = [], []
+    by_dataset_scale: dict[str, float] = {}
     for name, c in caches.items():
         real = REAL_DATASETS.get(c["dataset"])
         if real is None:
             continue
         n = real["train"] + real["valid"] + real["test"]
         scale = real["mean_seconds"] / c["mean_seconds"] if c["mean_seconds"] else 1.0
+        by_dataset_scale[c["dataset"]] = scale
         data_rows.append({
             "cache": name, "dataset": c["dataset"], "utterances": n, "duration_scale": round(scale, 2),
             "prepare_s_per_utterance": c["prepare_s_per_utterance"],
@@ -75,9 +77,6 @@ def estimate(base: Path, real_params: Mapping[str, Mapping[str, Any]]) -> dict[s
                               if c["prepare_s_per_utterance"] is not None else None),
             "cache_gb": n * c["bytes_per_utterance"] * scale / 1e9 if c["bytes_per_utterance"] else None,
         })
-    by_dataset_scale = {c["dataset"]: (REAL_DATASETS[c["dataset"]]["mean_seconds"] / c["mean_seconds"]
-                                       if c["mean_seconds"] else 1.0)
-                        for c in caches.values() if c["dataset"] in REAL_DATASETS}
     for key, entry in state.items():
         for rel in entry.get("records", []):
             rec = read_json(base / rel)
