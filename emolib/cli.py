@@ -21,11 +21,15 @@ def _cmd_list(args: argparse.Namespace) -> int:
     if args.update_readme:
         changed = registry.update_readme(args.update_readme)
         print(f"{args.update_readme}: registry table {'updated' if changed else 'already current'}")
+        changed = registry.write_index()
+        print(f"{registry.INDEX_PATH}: {'updated' if changed else 'already current'}")
         return 0
     if args.markdown:
         print(registry.markdown())
         return 0
-    rows = registry.as_table(args.kind)
+    # the generated index answers without importing torch; --live imports the providers
+    rows = registry.as_table(args.kind) if args.live else [
+        r for r in registry.read_index() if args.kind is None or r["kind"] == args.kind]
     if not rows:
         print("nothing registered" + (f" of kind {args.kind}" if args.kind else ""))
         return 0
@@ -44,6 +48,13 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _cmd_synth(args: argparse.Namespace) -> int:
     from emolib.data.release import synthesize_release
 
+    if args.own:
+        from emolib.data.synthetic.own_export import export_own
+
+        root = synthesize_release("iemocap", Path(args.out) / "iemocap", seed=args.seed, size=args.size)
+        for mix, csv_path in export_own(root, Path(args.out) / "own").items():
+            print(f"own data ({mix}): {csv_path}")
+        return 0
     for dataset in args.dataset:
         out = Path(args.out) / dataset if len(args.dataset) > 1 else Path(args.out)
         path = synthesize_release(dataset, out, seed=args.seed, size=args.size)
@@ -51,10 +62,19 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _own_options(args: argparse.Namespace) -> dict:
+    """The own-data options of verify/prepare that were given."""
+    names = ("task", "classes", "split_by", "split_fractions", "name")
+    return {k: getattr(args, k) for k in names if getattr(args, k, None) not in (None, "")}
+
+
 def _cmd_verify(args: argparse.Namespace) -> int:
     from emolib.data import get_adapter
 
-    report = get_adapter(args.dataset).verify(args.root)
+    options = _own_options(args)
+    if options and args.dataset != "own":
+        raise ValueError(f"verify: {', '.join('--' + k.replace('_', '-') for k in options)} apply to own data only")
+    report = get_adapter(args.dataset).verify(args.root, **options)
     print(report.summary())
     return 0 if report.ok else 1
 
@@ -129,11 +149,25 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         return 2
     options = {k: v for k, v in (("split_dir", args.split_dir), ("folds", args.folds), ("seed", args.seed))
                if v is not None}
-    report = adapter.prepare(args.root, args.out, params=params, shard=shard, **options)
+    own = _own_options(args)
+    if args.skip_bad_rows:
+        own["skip_bad_rows"] = True
+    if own and args.dataset != "own":
+        raise ValueError(f"prepare: {', '.join('--' + k.replace('_', '-') for k in own)} apply to own data only")
+    report = adapter.prepare(args.root, args.out, params=params, shard=shard, **options, **own)
     print(report.summary())
     if not report.complete:
         print("cache not finalised yet: other shards still have utterances to process")
+    elif not report.n_written + report.n_resumed:
+        print(f"error: {args.out}: no utterance could be prepared (see the skipped list above)", file=sys.stderr)
+        return 1
     return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from emolib.launch import run_command
+
+    return run_command(args)
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -155,12 +189,24 @@ def _distributed_shard() -> tuple[int, int]:
     return (int(rank), int(world)) if rank is not None and world is not None else (0, 1)
 
 
+def _add_own_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("own data (--dataset own; see emolib.data.own)")
+    g.add_argument("--task", choices=("multiclass", "multilabel", "regression"),
+                   help="override the task the label column states (label: multiclass, labels: multilabel, "
+                        "value: regression)")
+    g.add_argument("--classes", help="the declared classes in output order, comma-separated (default: those seen)")
+    g.add_argument("--split-by", choices=("speaker",), help="rows without a split: speaker-disjoint seeded split")
+    g.add_argument("--split-fractions", help="train,valid,test fractions of rows without a split (default 0.7,0.1,0.2)")
+    g.add_argument("--name", help="the dataset name in run records and tables (default: the CSV's file name)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from emolib import __version__
     from emolib.registry import KINDS
 
     parser = argparse.ArgumentParser(prog="emolib", description=__doc__)
     parser.add_argument("--version", action="version", version=f"emolib {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run a profile's notebooks in order (params/<profile>.yaml)")
@@ -181,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list registered datasets, models, losses and metric protocols")
     p.add_argument("kind", nargs="?", choices=KINDS)
     p.add_argument("-v", "--verbose", action="store_true", help="show metadata")
+    p.add_argument("--live", action="store_true", help="import every provider instead of reading the generated index")
     p.add_argument("--markdown", action="store_true", help="print the README table of all entries")
     p.add_argument("--update-readme", metavar="README", help="rewrite the generated registry table in this file")
     p.set_defaults(func=_cmd_list)
@@ -191,11 +238,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder (one sub-folder per dataset when several are given)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", default="smoke", help="smoke (default) or tiny")
+    p.add_argument("--own", action="store_true",
+                   help="write the synthetic IEMOCAP release and its own-data re-export (OUT/own/{av_text,audio,"
+                        "images,text}.csv): an example of emolib.data.own's CSV format")
     p.set_defaults(func=_cmd_synth)
 
-    p = sub.add_parser("verify", help="check a raw copy of a dataset and report what is missing or wrong")
+    p = sub.add_parser("verify", help="check a raw copy of a dataset (own data: the CSV) and list every problem")
     p.add_argument("--dataset", required=True)
     p.add_argument("root")
+    _add_own_arguments(p)
     p.set_defaults(func=_cmd_verify)
 
     p = sub.add_parser("download", help="download a public raw release, or published split lists with --splits "
@@ -226,12 +277,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-dir", help="IEMOCAP: a split folder in Dai's format")
     p.add_argument("--folds", help="CMU-MOSEI: fold file (JSON of video ids) or Dai split folder")
     p.add_argument("--seed", type=int, help="IEMOCAP random split / own-data split seed")
+    _add_own_arguments(p)
+    p.add_argument("--skip-bad-rows", action="store_true",
+                   help="own data: leave out the rows verify rejects (listed and counted) instead of refusing")
     p.set_defaults(func=_cmd_prepare)
 
-    p = sub.add_parser("predict", help="per-emotion probabilities for raw video files (preprocessing in the model)")
-    p.add_argument("videos", nargs="+", help="video file(s)")
+    p = sub.add_parser("predict", help="per-emotion probabilities for raw video files with any trained checkpoint "
+                                       "(preprocessing in the pipeline)")
+    p.add_argument("videos", nargs="*", help="video file(s)")
     p.add_argument("--checkpoint", required=True, help="best.pt of a training run (its run record is found beside)")
-    p.add_argument("--transcript", help="transcript text, or a file with one line per segment")
+    p.add_argument("--transcript", action="append",
+                   help="transcript text, or a file with one line per segment; once per video for several videos")
+    p.add_argument("--inputs", metavar="CSV",
+                   help="instead of VIDEOS: a CSV with columns video, transcript, segments (start:end), one row per "
+                        "utterance")
     p.add_argument("--segments", help="utterance segments in seconds, e.g. 0:2.5,2.5:6 (default: whole video)")
     p.add_argument("--audio", help="separate audio file (CMU-MOSEI keeps audio in a wav beside the video; IEMOCAP "
                                    "dialogs: the stereo dialog/wav/<dialog>.wav)")
@@ -245,13 +304,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--batch-size", type=int, default=8)
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("train", help="train one experiment (YAML/JSON file or flags); several processes with "
+                                     "--num-processes N, accelerate launch or torchrun")
+    from emolib.launch import add_arguments  # standard library only at import: --help stays fast
+
+    add_arguments(p)
+    p.set_defaults(func=_cmd_train)
     return parser
+
+
+# Failures a user can fix (a path, a value, a file's content): one line naming the file and the problem.
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    from emolib.data.cache import CacheError
+
+    errors: list[type[BaseException]] = [ValueError, FileNotFoundError, KeyError, CacheError, OSError]
+    for module, name in (("emolib.data.media", "MediaError"), ("emolib.data.download", "DownloadError")):
+        if module in sys.modules:
+            errors.append(getattr(sys.modules[module], name))
+    return tuple(errors)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if args.debug:
+            raise
+        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        expected = isinstance(err, _expected_errors())
+        print(f"error: {message}" if expected else f"error: {type(err).__name__}: {message}", file=sys.stderr)
+        if not expected:
+            print("(an unexpected failure: run again with --debug for the traceback and report it)", file=sys.stderr)
+        return 2 if expected else 1
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,13 @@ class Experiment:
     variant: str = ""  # a suffix that keeps runs of one model apart (e.g. "code-faithful")
     sims_labels: str = "M"  # CH-SIMS labels the run trains on: "M", or "M,A,T,V" for per-modality heads
     results_root: str | Path = "results"
+    # Which records form train/valid/test (``SplitRule``): {} keeps the cache's splits; {"by": "speaker"} draws a
+    # seeded speaker-disjoint split ("fractions", "seed"); {"by": "speaker", "folds": k} runs k folds
+    # (leave-speakers-out), one record per fold, tables show mean ± std over folds and seeds.
+    split: dict[str, Any] = field(default_factory=dict)
+    # A model that reads a modality some records lack: "error" (at experiment start) or "fill" (those records get
+    # a black face frame, 25 ms of silence or an empty text: emolib.data.dataset.CachedDataset).
+    missing_modalities: str = "error"
 
     @property
     def run_name(self) -> str:
@@ -46,9 +54,75 @@ class SplitData:
     test: CachedDataset
 
 
-def load_splits(cache_dir: str | Path, frames: FrameOptions | None = None) -> SplitData:
+@dataclass(frozen=True)
+class SplitRule:
+    """How a run picks its train/valid/test records from a cache (``Experiment.split``)."""
+
+    by: str = ""  # "": the cache's own splits; "speaker": by the records' speaker
+    fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
+    seed: int = 0
+    folds: int = 0  # k > 1: k-fold leave-speakers-out (valid: ``fractions[1]`` of the remaining speakers)
+    fold: int | None = None  # one fold of k; None: run_experiment runs them all
+
+    @classmethod
+    def parse(cls, spec: dict[str, Any] | None) -> SplitRule:
+        spec = dict(spec or {})
+        unknown = sorted(set(spec) - {"by", "fractions", "seed", "folds", "fold"})
+        if unknown:
+            raise ValueError(f"split: unknown keys {unknown} (by, fractions, seed, folds, fold)")
+        if "fractions" in spec:
+            spec["fractions"] = tuple(float(x) for x in spec["fractions"])
+        rule = cls(**spec)
+        if rule.by not in ("", "speaker"):
+            raise ValueError(f"split.by must be '' (the cache's splits) or 'speaker', got {rule.by!r}")
+        if rule.folds and (rule.folds < 2 or not rule.by):
+            raise ValueError("split.folds needs by='speaker' and at least 2 folds")
+        return rule
+
+    def assign(self, cache: Cache) -> dict[str, str] | None:
+        """uid -> split, or None for the cache's own splits."""
+        from emolib.data.splits import group_folds, group_split
+
+        if not self.by:
+            return None
+        speakers = {m["uid"]: m.get("speaker") for m in cache.index}
+        missing = [u for u, s in speakers.items() if not s]
+        if missing:
+            raise ValueError(f"{cache.root}: split by speaker, but {len(missing)} records have no speaker "
+                             f"(e.g. {missing[0]}); give the CSV a speaker column")
+        if self.folds:
+            return group_folds(speakers, k=self.folds, fold=int(self.fold or 0), seed=self.seed,
+                               valid_fraction=self.fractions[1])
+        return group_split(speakers, seed=self.seed, fractions=self.fractions)
+
+
+def load_splits(cache_dir: str | Path, frames: FrameOptions | None = None, *, split: SplitRule | None = None,
+                fill_missing: bool = False) -> SplitData:
     cache = Cache(cache_dir)
-    return SplitData(cache, *(CachedDataset(cache, s, frames=frames) for s in ("train", "valid", "test")))
+    assignment = split.assign(cache) if split is not None else None
+    datasets = []
+    for s in ("train", "valid", "test"):
+        uids = None if assignment is None else [u for u in cache.uids() if assignment[u] == s]
+        datasets.append(CachedDataset(cache, s, frames=frames, uids=uids, fill_missing=fill_missing))
+    return SplitData(cache, *datasets)
+
+
+def check_modalities(model: Any, cache: Cache, missing: str = "error") -> None:
+    """A clear error at experiment start when the model reads a modality that the cache lacks."""
+    if missing not in ("error", "fill"):
+        raise ValueError(f"missing_modalities must be 'error' or 'fill', got {missing!r}")
+    counts, total = cache.modality_counts(), len(cache)
+    name = getattr(model, "registry_name", type(model).__name__)
+    for m in getattr(model, "input_modalities", ()):
+        have = counts.get(m, total)
+        if have == 0:
+            others = [f"{x}-only" for x in ("audio", "visual", "text") if counts.get(x)]
+            raise ValueError(f"{cache.root}: model {name!r} reads {m}, but no record of this cache has {m} "
+                             f"(records hold: {', '.join(k for k, v in counts.items() if v) or 'nothing'}); "
+                             f"use a model without it, e.g. {' or '.join(others) or 'none fits'}")
+        if have < total and missing == "error":
+            raise ValueError(f"{cache.root}: model {name!r} reads {m}, but {total - have} of {total} records have "
+                             f"no {m}; pass missing_modalities='fill' to run it with placeholders for them")
 
 
 def dataset_protocols(cache: Cache) -> list[str]:
@@ -89,19 +163,45 @@ def warn_recipe_mismatch(model: Any, cache: Cache, cache_dir: str | Path) -> lis
 def run_experiment(exp: Experiment, seeds: Sequence[int] = (0,), *, resume: bool = True,
                    data: SplitData | None = None,
                    on_epoch_end: Callable[[int, list[dict[str, Any]]], None] | None = None,
-                   model_hook: Callable[[Any], None] | None = None) -> list[dict[str, Any]]:
+                   model_hook: Callable[[Any], None] | None = None,
+                   num_processes: int = 1) -> list[dict[str, Any]]:
     """Train ``exp`` once per seed; returns the run records (the model of the last seed is left in memory via
-    ``model_hook`` if given, e.g. for plots)."""
+    ``model_hook`` if given, e.g. for plots).
+
+    ``num_processes > 1`` trains in that many processes (``accelerate launch -m emolib train``, see
+    ``emolib.launch``); ``model_hook`` then gets each seed's best model rebuilt from ``best.pt``, and ``data`` is
+    not used (the processes read ``exp.cache_dir``). Inside an already launched job it trains in-process."""
+    if num_processes > 1 and int(os.environ.get("WORLD_SIZE", "1") or 1) == 1:
+        from emolib.launch import launch
+
+        if on_epoch_end is not None:
+            raise ValueError("on_epoch_end cannot reach other processes; use num_processes=1 with it")
+        return launch(exp, seeds, num_processes, resume=resume, model_hook=model_hook)
+    from emolib.labels import TASK_LOSS
     from emolib.losses import build_loss
     from emolib.models import build_model
     from emolib.records import record_path
     from emolib.train import TrainConfig, fit, seed_everything
 
-    data = data or load_splits(exp.cache_dir, FrameOptions(**exp.frames))
+    rule = SplitRule.parse(exp.split)
+    if rule.folds and rule.fold is None:  # every fold, one record each
+        from dataclasses import replace
+
+        return [r for k in range(rule.folds) for r in run_experiment(
+            replace(exp, split={**exp.split, "fold": k}), seeds, resume=resume, on_epoch_end=on_epoch_end,
+            model_hook=model_hook)]
+    fill = exp.missing_modalities == "fill"
+    if data is None or rule.by:
+        data = load_splits(exp.cache_dir, FrameOptions(**exp.frames), split=rule if rule.by else None,
+                           fill_missing=fill)
+    elif fill:
+        data = SplitData(data.cache, *(CachedDataset(data.cache, d.split, frames=d.frames, uids=d.uids,
+                                                     fill_missing=True) for d in (data.train, data.valid, data.test)))
     cache = data.cache
     dataset = cache.display_name
     label_names = cache.label_names
-    loss_name = exp.loss or ("l1" if cache.task == "regression" else "bce")
+    loss_name = exp.loss or TASK_LOSS[cache.task]
+    fold = rule.fold if rule.folds else None
     records = []
     for seed in seeds:
         train_kwargs = {**exp.train, "seed": int(seed)}
@@ -111,12 +211,13 @@ def run_experiment(exp: Experiment, seeds: Sequence[int] = (0,), *, resume: bool
         primary = config.primary_protocol or config.eval_protocols[0]
         seed_everything(int(seed))  # the initial weights depend on the seed only, not on what ran before
         model = build_model(exp.model, exp.config, num_outputs=len(label_names), **exp.model_overrides)
+        check_modalities(model, cache, exp.missing_modalities)
         warn_recipe_mismatch(model, cache, exp.cache_dir)
-        loss_params = _loss_params(loss_name, exp)
+        loss_params = _loss_params(loss_name, exp, label_names)
         loss = build_loss(loss_name, train_labels=data.train.labels, **loss_params)
         base = Path(exp.results_root)
-        rec_path = record_path(base, exp.profile, exp.run_name, dataset, primary, int(seed))
-        run_dir = base / exp.profile / "checkpoints" / exp.run_name / dataset / f"seed={int(seed)}"
+        rec_path = record_path(base, exp.profile, exp.run_name, dataset, primary, int(seed), fold=fold)
+        run_dir = base / exp.profile / "checkpoints" / exp.run_name / dataset / rec_path.stem
         record = fit(
             model, loss, data.train, data.valid, data.test, config=config, class_names=label_names,
             dataset_name=dataset, run_dir=run_dir, record_path=rec_path, collate_fn=collate,
@@ -131,6 +232,8 @@ def run_experiment(exp: Experiment, seeds: Sequence[int] = (0,), *, resume: bool
                     "split_hash": cache.provenance.get("split_hash"),
                     "synthetic": bool(cache.provenance.get("synthetic"))},
                 "loss": loss_name, "loss_params": exp.loss_params, "sims_labels": exp.sims_labels,
+                **({"split": {**exp.split, "fold": fold}, "fold": fold} if rule.by else {}),
+                **({"missing_modalities": "fill"} if fill else {}),
             },
         )
         if model_hook is not None:
@@ -160,7 +263,7 @@ def run_deviations(model_name: str, cache: Cache, model: Any, config: Any, loss_
     return to_builtin(values)
 
 
-def _loss_params(loss_name: str, exp: Experiment) -> dict[str, Any]:
+def _loss_params(loss_name: str, exp: Experiment, class_names: Sequence[str] | None = None) -> dict[str, Any]:
     """The experiment's loss parameters; a multitask loss also learns which CH-SIMS labels its heads use."""
     import inspect
 
@@ -170,6 +273,8 @@ def _loss_params(loss_name: str, exp: Experiment) -> dict[str, Any]:
     accepts = inspect.signature(registry.get("loss", loss_name)).parameters
     if "sims_labels" in accepts and "sims_labels" not in params:
         params["sims_labels"] = exp.sims_labels
+    if "class_names" in accepts and "class_names" not in params and class_names is not None:
+        params["class_names"] = list(class_names)  # warnings name classes, not column indices
     return params
 
 

@@ -14,6 +14,8 @@ dai-iemocap    multilabel            per-class threshold t* on valid over {0.05,
                                      accuracy (TP+TN)/(P+N), binary F1, precision, recall; unweighted mean
 dai-mosei      multilabel            same thresholds; weighted accuracy (TP*N/P + TN)/(2N) and binary F1
 e2emal         multilabel            fixed threshold 0.5; weighted accuracy; support-weighted 2-class F1
+multiclass     multiclass            argmax over classes; WA (overall accuracy), UA (mean per-class recall),
+                                     macro-F1; per class recall, precision, F1, support; confusion matrix
 sims           regression            clip to [-1, 1]; Acc2 (<=0 vs >0); weighted F1; MAE; Pearson r
 =============  ====================  =========================================================================
 
@@ -57,7 +59,7 @@ from scipy.special import expit
 from scipy.stats import rankdata
 
 from emolib import registry
-from emolib.labels import SIMS_TARGETS
+from emolib.labels import SIMS_TARGETS, TASKS  # noqa: F401 (TASKS: re-exported)
 from emolib.registry import register
 
 # The Dai search grid: k/100 for k = 5, 10, ..., 95 (19 values). Dai builds it with np.arange(0.05, 1, 0.05),
@@ -67,8 +69,6 @@ THRESHOLD_GRID: np.ndarray = np.arange(5, 100, 5) / 100.0
 FIXED_THRESHOLD = 0.5
 DISPLAY_SCALE = 100.0
 SIMS_CLIP = 1.0
-
-TASKS = ("multilabel", "regression")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -279,6 +279,8 @@ class Protocol(ABC):
     needs_thresholds: bool = False
     metrics: tuple[str, ...] = ()
     headline: tuple[str, ...] = ()
+    # The metrics of the tables' average columns; None: the headline pair in one cell, like the per-class cells.
+    average_headline: tuple[str, ...] | None = None
     select_key: str = ""
     lower_is_better: frozenset[str] = frozenset()
     display_scale: float = DISPLAY_SCALE
@@ -321,8 +323,9 @@ class Protocol(ABC):
         return float(value) * self.display_scale
 
     def display(self, result: Mapping[str, Any], keys: Sequence[str] | None = None) -> dict[str, float]:
-        """The headline averages (or ``keys``) in the papers' units (x ``display_scale``)."""
-        keys = tuple(keys) if keys is not None else self.headline
+        """The headline averages (``average_headline`` where set, or ``keys``) in the papers' units (x
+        ``display_scale``)."""
+        keys = tuple(keys) if keys is not None else (self.average_headline or self.headline)
         return {k: self.scaled(k, result["average"][k]) for k in keys}
 
     @classmethod
@@ -610,6 +613,95 @@ def sims_metrics(pred: np.ndarray, truth: np.ndarray) -> tuple[dict[str, float],
         "corr": corr,
     }
     return metrics, notes
+
+
+@register("protocol", "multiclass")
+class MultiClass(Protocol):
+    """Single-label classification, the usual setting of speech emotion recognition: one class per clip.
+
+    Decision: argmax over the C outputs (softmax is monotone, so logits or probabilities give the same class).
+    Metrics: WA, weighted accuracy = overall accuracy (the share of clips classified correctly); UA,
+    unweighted accuracy = the mean per-class recall over the classes present in the split (scikit-learn's
+    ``balanced_accuracy_score``); macro-F1 = the mean per-class F1 over all C classes (``f1_score(average=
+    "macro", labels=range(C), zero_division=0)``); per class recall, precision, F1 and support; the confusion
+    matrix (rows: true class, columns: predicted class) in ``result["confusion"]``.
+    """
+
+    name = "multiclass"
+    summary = "single-label classification: argmax, WA (accuracy), UA (mean class recall), macro-F1, confusion"
+    paper = "speech emotion recognition convention (WA/UA), e.g. IEMOCAP 4-class studies"
+    source = "scikit-learn accuracy_score, balanced_accuracy_score, f1_score(average='macro')"
+    task = "multiclass"
+    needs_thresholds = False
+    metrics = ("recall", "precision", "f1")
+    headline = ("recall", "f1")  # per class: the class's accuracy (its recall) and F1
+    average_headline = ("wa", "ua", "f1")
+    select_key = "ua"
+
+    def evaluate(
+        self,
+        outputs: Any,
+        labels: Any,
+        class_names: Sequence[str] | None = None,
+        thresholds: Any = None,
+    ) -> dict[str, Any]:
+        """Evaluate scores (N, C) against one-hot labels (N, C) or class indices (N,)."""
+        if thresholds is not None:
+            raise ValueError("protocol 'multiclass' decides by argmax and takes no thresholds")
+        scores = as_array(outputs, "outputs (scores)")
+        if scores.ndim != 2 or scores.shape[0] == 0 or scores.shape[1] < 2:
+            raise ValueError(f"outputs: expected (N, C) scores with N > 0 and C >= 2, got {scores.shape}")
+        truth = _class_indices(labels, scores.shape)
+        names = _class_names(class_names, scores.shape[1])
+        n_classes = scores.shape[1]
+        pred = np.argmax(scores, axis=1)
+        matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
+        np.add.at(matrix, (truth, pred), 1)
+        tp = np.diag(matrix).astype(np.float64)
+        support = matrix.sum(axis=1).astype(np.float64)
+        predicted = matrix.sum(axis=0).astype(np.float64)
+        recall_c = _ratio(tp, support)
+        precision_c = _ratio(tp, predicted)
+        f1_c = _ratio(2 * tp, support + predicted)
+        present = support > 0
+        notes = [f"{c}: no clip of this class in the split (recall 0, left out of UA)"
+                 for c, ok in zip(names, present) if not ok]
+        notes += [f"{c}: never predicted (precision = 0 by convention)" for c, k in zip(names, predicted) if k == 0]
+        per_class = {c: {"recall": float(recall_c[i]), "precision": float(precision_c[i]), "f1": float(f1_c[i]),
+                         "support": int(support[i])} for i, c in enumerate(names)}
+        average = {"wa": float(tp.sum() / truth.shape[0]), "ua": float(recall_c[present].mean()),
+                   "f1": float(f1_c.mean()), "precision": float(precision_c.mean())}
+        return {
+            "protocol": self.name,
+            "task": self.task,
+            "per_class": per_class,
+            "average": average,
+            "confusion": {"classes": names, "matrix": matrix.tolist()},
+            "thresholds": None,
+            "n": int(truth.shape[0]),
+            "notes": notes,
+        }
+
+
+def _class_indices(labels: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """Class indices (N,) from one-hot (N, C) labels or indices; a clear error for multi-hot or empty rows."""
+    arr = as_array(labels, "labels")
+    n, n_classes = shape
+    if arr.ndim == 2:
+        if arr.shape != (n, n_classes):
+            raise ValueError(f"labels {arr.shape}: expected ({n}, {n_classes}) one-hot rows")
+        per_row = (arr > 0.5).sum(axis=1)
+        bad = np.flatnonzero(per_row != 1)
+        if bad.size:
+            raise ValueError(f"labels: row {int(bad[0])} has {int(per_row[bad[0]])} classes; the multiclass "
+                             f"protocol needs exactly one per clip (use a multilabel protocol otherwise)")
+        return np.argmax(arr, axis=1)
+    if arr.ndim != 1 or arr.shape[0] != n:
+        raise ValueError(f"labels {arr.shape}: expected ({n},) class indices or ({n}, {n_classes}) one-hot")
+    idx = arr.astype(np.int64)
+    if np.any(idx != arr) or np.any((idx < 0) | (idx >= n_classes)):
+        raise ValueError(f"labels: class indices must be integers in [0, {n_classes})")
+    return idx
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -148,7 +148,7 @@ def load_checkpoint(path: str | os.PathLike, *, record: str | os.PathLike | Mapp
     are re-parameterised (models without them are unaffected).
     """
     from emolib.io import read_json
-    from emolib.models import build_model
+    from emolib.models import build_model, model_class
 
     ckpt = Path(path)
     if ckpt.is_dir():
@@ -170,6 +170,8 @@ def load_checkpoint(path: str | os.PathLike, *, record: str | os.PathLike | Mapp
     if not isinstance(saved, dict) or "model" not in saved:
         raise ValueError(f"{ckpt}: not an emolib checkpoint (no 'model' state dict)")
     config, overrides = model_config_of(saved, model_params, ckpt)
+    if isinstance(config, Mapping):  # a stored whole configuration: the dataclass (one-modality models refuse a dict)
+        config = model_class(name).config_class.from_dict(config, name)
     model = build_model(name, config, num_outputs=len(class_names), **overrides)
     try:
         model.load_state_dict(saved["model"])
@@ -447,9 +449,14 @@ class FV2ESPipeline:
 
     @torch.no_grad()
     def scores(self, batch: dict[str, Any]) -> torch.Tensor:
-        """(B, C) probabilities (multilabel: sigmoid) or clipped regression values of a collated batch."""
+        """(B, C) probabilities (multilabel: sigmoid per class, multiclass: softmax over the classes) or clipped
+        regression values of a collated batch."""
         logits = self.model(batch)["logits"].float()
-        return torch.sigmoid(logits) if self.task == "multilabel" else logits.clamp(-1.0, 1.0)
+        if self.task == "multilabel":
+            return torch.sigmoid(logits)
+        if self.task == "multiclass":
+            return torch.softmax(logits, dim=1)
+        return logits.clamp(-1.0, 1.0)
 
     def predict_sources(self, sources: Sequence[UtteranceSource]) -> tuple[np.ndarray, list[dict[str, Any]]]:
         order = {s.uid: i for i, s in enumerate(sources)}
@@ -558,6 +565,54 @@ def _read_transcripts(value: Any) -> Any:
     return out[0] if isinstance(value, str) else out
 
 
+def read_inputs_csv(path: str | os.PathLike) -> tuple[list[str], list[Any], list[Any]]:
+    """``--inputs``: a CSV with columns ``video`` (required), ``transcript`` and ``segments`` ("start:end"); one row
+    per utterance. Rows of one video are grouped in file order; paths are relative to the CSV's folder."""
+    import csv
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: inputs CSV not found")
+    reader = csv.DictReader(path.read_text(encoding="utf-8-sig").splitlines())
+    if "video" not in (reader.fieldnames or []):
+        raise ValueError(f"{path}: the inputs CSV needs a video column (header: {reader.fieldnames})")
+    order: list[str] = []
+    texts: dict[str, list[str]] = {}
+    segs: dict[str, list[str]] = {}
+    for n, row in enumerate(reader, 2):
+        video = (row.get("video") or "").strip()
+        if not video:
+            raise ValueError(f"{path}: line {n}: empty video")
+        video = str(path.parent / video)
+        if video not in texts:
+            order.append(video)
+            texts[video], segs[video] = [], []
+        texts[video].append((row.get("transcript") or "").strip())
+        seg = (row.get("segments") or "").strip()
+        if seg and not _is_segment_text(seg):
+            raise ValueError(f"{path}: line {n}: segments must be start:end in seconds, got {seg!r}")
+        segs[video].append(seg)
+    if not order:
+        raise ValueError(f"{path}: no rows")
+    segments: list[Any] = []
+    for v in order:
+        given = [s for s in segs[v] if s]
+        if given and len(given) != len(segs[v]):
+            raise ValueError(f"{path}: {v}: give segments on every row of the video or on none")
+        if not given and len(segs[v]) > 1:
+            raise ValueError(f"{path}: {v}: several rows need segments (start:end) to tell the utterances apart")
+        segments.append(",".join(given) if given else None)
+    return order, [texts[v] for v in order], segments
+
+
+def _is_segment_text(text: str) -> bool:
+    try:
+        parse_segments(text)
+    except ValueError:
+        return False
+    return True
+
+
 def predict_cli(args: Mapping[str, Any]) -> str:
     """What ``emolib predict VIDEO [VIDEO ...] --checkpoint C [--transcript T] [--segments s:e,...]`` prints.
 
@@ -568,14 +623,26 @@ def predict_cli(args: Mapping[str, Any]) -> str:
     ``ValueError`` before the checkpoint is loaded.
     """
     videos = args.get("videos") or args.get("video")
+    transcripts = args.get("transcript")
+    if args.get("inputs"):
+        if videos or transcripts or args.get("segments"):
+            raise ValueError("predict: give videos (with --transcript/--segments) or --inputs CSV, not both")
+        videos, transcripts, segments = read_inputs_csv(args["inputs"])
+        args = {**args, "segments": segments}
+    elif isinstance(transcripts, (list, tuple)) and isinstance(videos, (list, tuple)) and len(videos) > 1:
+        if len(transcripts) != len(videos):
+            raise ValueError(f"predict: {len(transcripts)} --transcript for {len(videos)} videos; give one per video "
+                             "(a text or a file with one line per segment) or none")
     if not videos:
         raise ValueError("predict: no video given")
+    if isinstance(transcripts, (list, tuple)) and len(transcripts) == 1:
+        transcripts = transcripts[0]
     if isinstance(videos, (list, tuple)) and len(videos) == 1:
         videos = videos[0]
     checkpoint = args.get("checkpoint")
     if not checkpoint:
         raise ValueError("predict: --checkpoint is required (a best.pt or its run directory)")
-    pred = predict(videos, _read_transcripts(args.get("transcript")), args.get("segments"), checkpoint=checkpoint,
+    pred = predict(videos, _read_transcripts(transcripts), args.get("segments"), checkpoint=checkpoint,
                    device=args.get("device"), audio=args.get("audio"), record=args.get("record"),
                    batch_size=int(args.get("batch_size") or 8), utterance_ids=args.get("utterance_ids"),
                    speaker=args.get("speaker"))

@@ -73,15 +73,17 @@ _EVAL_KEYS = ("protocol", "per_class", "average", "thresholds", "n", "notes")
 
 
 def record_path(results_root: str | os.PathLike, profile: str, model: str, dataset: str, protocol: str,
-                seed: int) -> Path:
-    """``results_root/<profile>/runs/<model>/<dataset>/<protocol>/seed=<seed>.json``."""
+                seed: int, fold: int | None = None) -> Path:
+    """``results_root/<profile>/runs/<model>/<dataset>/<protocol>/seed=<seed>.json`` (``seed=<seed>,fold=<k>.json``
+    for one fold of a k-fold run)."""
     parts = {"profile": profile, "model": model, "dataset": dataset, "protocol": protocol}
     for what, value in parts.items():
         if not isinstance(value, str) or not value or value in (".", "..") or "/" in value or "\\" in value:
             raise ValueError(f"record_path: {what} must be a plain non-empty name, got {value!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise ValueError(f"record_path: seed must be an int, got {seed!r}")
-    return Path(results_root) / profile / "runs" / model / dataset / protocol / f"seed={int(seed)}.json"
+    name = f"seed={int(seed)}" + (f",fold={int(fold)}" if fold is not None else "")
+    return Path(results_root) / profile / "runs" / model / dataset / protocol / f"{name}.json"
 
 
 def _is_int(value: Any) -> bool:
@@ -344,7 +346,7 @@ def _metric_rows(record: Mapping[str, Any]) -> Iterable[tuple[tuple[str, ...], f
 
 
 def aggregate(records: Iterable[Mapping[str, Any]], *, ddof: int = 1):
-    """Mean and standard deviation over seeds of every metric.
+    """Mean and standard deviation over seeds (and the folds of k-fold runs) of every metric.
 
     One row per (model, variant, dataset, protocol, split, class, metric); ``class`` is ``"avg"`` for the
     protocol's average over classes. ``std`` uses ``ddof`` (1: the sample standard deviation usually
@@ -354,14 +356,18 @@ def aggregate(records: Iterable[Mapping[str, Any]], *, ddof: int = 1):
     """
     import pandas as pd
 
-    values: dict[tuple[str, ...], dict[int, float]] = {}
+    # A replicate is a seed, or a (seed, fold) pair of a k-fold run: folds are averaged like seeds.
+    values: dict[tuple[str, ...], dict[tuple[int, int], float]] = {}
     for record in records:
         head = (record["model"], record["variant"], record["dataset"])
+        fold = record.get("extra", {}).get("fold")
+        replicate = (record["seed"], -1 if fold is None else int(fold))
         for key, value in _metric_rows(record):
             seeds = values.setdefault(head + key, {})
-            if record["seed"] in seeds:
-                raise ValueError(f"aggregate: two records for seed {record['seed']} of {head + key[:1]}")
-            seeds[record["seed"]] = math.nan if value is None else float(value)
+            if replicate in seeds:
+                what = f"seed {record['seed']}" + (f", fold {fold}" if fold is not None else "")
+                raise ValueError(f"aggregate: two records for {what} of {head + key[:1]}")
+            seeds[replicate] = math.nan if value is None else float(value)
     rows = []
     for key, by_seed in values.items():
         arr = np.array([by_seed[s] for s in sorted(by_seed)], dtype=np.float64)
@@ -369,7 +375,8 @@ def aggregate(records: Iterable[Mapping[str, Any]], *, ddof: int = 1):
         rows.append(dict(zip(("model", "variant", "dataset", "protocol", "split", "class", "metric"), key),
                          mean=float(ok.mean()) if ok.size else math.nan,
                          std=float(ok.std(ddof=ddof)) if ok.size > ddof else math.nan,
-                         n_seeds=int(ok.size), n_missing=int(arr.size - ok.size), seeds=sorted(by_seed)))
+                         n_seeds=int(ok.size), n_missing=int(arr.size - ok.size),
+                         seeds=sorted({s for s, _ in by_seed}), folds=sorted({f for _, f in by_seed if f >= 0})))
     columns = ["model", "variant", "dataset", "protocol", "split", "class", "metric", "mean", "std", "n_seeds",
-               "n_missing", "seeds"]
+               "n_missing", "seeds", "folds"]
     return pd.DataFrame(rows, columns=columns)

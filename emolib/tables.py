@@ -91,18 +91,24 @@ def _ours(agg: pd.DataFrame, datasets: Sequence[str], protocol: str):
 
 
 def _seeds(part: pd.DataFrame) -> str:
-    return ",".join(map(str, sorted({s for v in part["seeds"] for s in v})))
+    text = ",".join(map(str, sorted({s for v in part["seeds"] for s in v})))
+    folds = sorted({f for v in part["folds"] for f in v}) if "folds" in part else []
+    return f"{text} x {len(folds)} folds" if folds else text
 
 
 def classification_table(dataset: str, agg: pd.DataFrame, protocol: str, *, classes: Sequence[str],
-                         datasets: Sequence[str], published: pd.DataFrame | None = None) -> Table:
-    """Published rows (same protocol) above our rows; per-class "first / second" cells and the average.
+                         datasets: Sequence[str], published: pd.DataFrame | None = None, title: str = "",
+                         name: str = "") -> Table:
+    """Published rows (same protocol) above our rows; per-class "first / second" cells and the average (one
+    column per metric where the protocol names ``average_headline``, e.g. WA, UA, F1).
 
-    ``datasets``: the record dataset names (e.g. ``synthetic-iemocap``) that belong to ``dataset``.
+    ``datasets``: the record dataset names (e.g. ``synthetic-iemocap``) that belong to ``dataset``; ``name``: the
+    table's name when it is not the dataset's (own data: one table per CSV).
     """
     proto = get_protocol(protocol)
     first, second = proto.headline[:2]
-    title = get_adapter(dataset).title
+    averages = proto.average_headline
+    title = title or get_adapter(dataset).title
     rows: list[dict[str, Any]] = []
     pub = published if published is not None else load_published(dataset)
     pub = pub[pub["protocol"] == protocol]
@@ -119,17 +125,22 @@ def classification_table(dataset: str, agg: pd.DataFrame, protocol: str, *, clas
         cell = {(r["class"], r["metric"]): r for _, r in part.iterrows()}
         row = {"source": "this package", "model": _run_label(model, variant), "data": data, "protocol": protocol,
                "seeds": _seeds(part)}
-        for c in (*classes, "avg"):
+        for c in (*classes, *(() if averages else ("avg",))):
             a, f = cell.get((c, first)), cell.get((c, second))
             key = c.capitalize() if c != "avg" else "Avg"
             row[key] = (f"{format_cell(a['mean'], a['std'], a['n_seeds'], proto.display_scale)} / "
                         f"{format_cell(f['mean'], f['std'], f['n_seeds'], proto.display_scale)}"
                         if a is not None and f is not None else "n/a")
+        for m in averages or ():
+            v = cell.get(("avg", m))
+            row[metric_label(m)] = ("n/a" if v is None
+                                    else format_cell(v["mean"], v["std"], v["n_seeds"], proto.display_scale))
         row["citation"] = "run records"
         rows.append(row)
     caption = (f"{title} test results, protocol {protocol} ({metric_label(first)} / {metric_label(second)} per "
-               f"class, x{proto.display_scale:g})")
-    return Table(dataset, protocol, pd.DataFrame(rows), caption, tuple(classes))
+               f"class" + (f"; {', '.join(metric_label(m) for m in averages)} over classes" if averages else "")
+               + f", x{proto.display_scale:g})")
+    return Table(name or dataset, protocol, pd.DataFrame(rows), caption, tuple(classes))
 
 
 def regression_table(dataset: str, agg: pd.DataFrame, protocol: str, *, datasets: Sequence[str],
@@ -223,17 +234,22 @@ def build_tables(records: Sequence[dict[str, Any]], *, published_dir: Path = PUB
         selected.setdefault(name, set()).add(r["protocol"])
         classes_of.setdefault(name, tuple(r["class_names"]))
         tasks.setdefault(name, get_protocol(r["protocol"]).task)
+        # own data: each CSV has its own classes and task, so each gets its own table, keyed by its name
+        selected.setdefault(r["dataset"], set()).add(r["protocol"])
+        classes_of.setdefault(r["dataset"], tuple(r["class_names"]))
+        tasks.setdefault(r["dataset"], get_protocol(r["protocol"]).task)
     tables = []
-    for name, record_datasets in members.items():
+    for name, record_datasets, table_name in _table_groups(members):
         adapter: Adapter = get_adapter(name)
-        task = tasks.get(name, adapter.task)
+        task = tasks.get(table_name or name, tasks.get(name, adapter.task))
         declared = [u.protocol for u in adapter.protocols_for(task)]
         published = load_published(name, published_dir)
         if rehearsal:
             published = published.iloc[0:0]
-        classes = tuple(getattr(adapter, "label_names", ()) or classes_of.get(name, ()))
-        for protocol in _table_protocols(declared, selected.get(name, set()), published):
-            shown = [r for r in records if r.get("dataset_adapter") == name and protocol in r["metrics"]]
+        classes = tuple(getattr(adapter, "label_names", ()) or classes_of.get(table_name or name, ()))
+        for protocol in _table_protocols(declared, selected.get(table_name or name, set()), published):
+            shown = [r for r in records if r.get("dataset_adapter") == name and protocol in r["metrics"]
+                     and r["dataset"] in record_datasets]
             if get_protocol(protocol).task == "regression":
                 labels_used = {(r["model"], r["variant"], r["dataset"]): r.get("extra", {}).get("sims_labels", "M")
                                for r in records if r.get("dataset_adapter") == name}
@@ -241,12 +257,25 @@ def build_tables(records: Sequence[dict[str, Any]], *, published_dir: Path = PUB
                                          labels_used=labels_used)
             else:
                 table = classification_table(name, agg, protocol, classes=classes, datasets=record_datasets,
-                                             published=published)
+                                             published=published, name=table_name,
+                                             title=f"{adapter.title} ({table_name})" if table_name else "")
             table.card = deviation_card(name, shown)
             if rehearsal:
                 table.caption = REHEARSAL + table.caption
             tables.append(table)
     return tables
+
+
+def _table_groups(members: Mapping[str, list[str]]) -> list[tuple[str, list[str], str]]:
+    """(adapter, record datasets, table name): one table per dataset whose adapter fixes its classes; own data
+    (no fixed classes) one per record dataset, named after it."""
+    groups = []
+    for name, record_datasets in members.items():
+        if getattr(get_adapter(name), "label_names", ()) or not record_datasets:
+            groups.append((name, record_datasets, ""))
+        else:
+            groups += [(name, [d], d) for d in record_datasets]
+    return groups
 
 
 def write_tables(tables: Sequence[Table], out_dir: str | Path) -> list[Path]:

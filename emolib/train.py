@@ -21,8 +21,23 @@ Model hooks (all optional):
 
 Reproducibility: the training order of epoch ``e`` is a function of ``(seed, e)`` only, and the checkpoint
 ``run_dir/last.pt`` written after every epoch holds model, optimiser, scheduler, loss, grad-scaler and all
-RNG states, so a run killed after epoch k and resumed reproduces the uninterrupted run exactly on CPU. With
-several processes only the main process's RNG state is saved, so a multi-GPU resume is not bit-exact.
+RNG states, so a run killed after epoch k and resumed reproduces the uninterrupted run exactly on CPU.
+
+Several processes (``accelerate launch``, ``torchrun``; ``emolib.launch``) train data-parallel with these semantics:
+
+* the global batch is ``batch_size``, whatever the number of processes: each batch of the (seed, epoch) order is
+  split evenly across the processes (accelerate's ``split_batches``), so ``batch_size`` and ``eval_batch_size``
+  must be multiples of the number of processes; steps per epoch, the lr schedule and SWA are those of one process.
+  A short last training batch is filled up to ``batch_size`` with samples from the start of the epoch
+  (accelerate's ``even_batches``), the one place where the samples seen differ from one process's;
+* every valid and test sample is evaluated exactly once: ``gather_for_metrics`` drops the padding the sharded
+  loader adds, and ``predict`` checks the gathered count against the split; thresholds are chosen on the whole
+  gathered valid split;
+* loss parameters (adaptive s_i, DRUW sigma) get their gradients averaged like the model's, and loss buffers
+  that change while training (DWA's loss history) are averaged after every step, i.e. they follow the global
+  batch; every epoch checks that each process holds the same loss parameters and buffers;
+* only the main process writes checkpoints and records; ``last.pt`` holds every process's RNG state, so a run
+  killed after epoch k and resumed with the same number of processes reproduces the uninterrupted one.
 """
 
 from __future__ import annotations
@@ -414,7 +429,7 @@ def evaluate_epoch(protocols: Sequence[Any], valid: tuple[np.ndarray, np.ndarray
 
 
 def _make_accelerator(config: TrainConfig):
-    from accelerate import Accelerator, DistributedDataParallelKwargs
+    from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
     from accelerate.state import AcceleratorState
 
     use_cuda = config.device == "auto" and torch.cuda.is_available()
@@ -427,15 +442,30 @@ def _make_accelerator(config: TrainConfig):
     # Multi-head models trained on one head (loss "bce" on --infer) leave parameters without gradients,
     # which DDP rejects unless told to look for them; single-process runs ignore the handler.
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)]
+    # split_batches: the global batch stays batch_size with any number of processes (each takes an even share
+    # of every batch), so a profile means the same optimisation on one GPU or eight. No effect with one process.
+    options = {"mixed_precision": mixed, "cpu": not use_cuda, "kwargs_handlers": handlers,
+               "dataloader_config": DataLoaderConfiguration(split_batches=True)}
     try:
-        return Accelerator(mixed_precision=mixed, cpu=not use_cuda, kwargs_handlers=handlers)
+        return Accelerator(**options)
     except ValueError as err:
         # accelerate keeps one global state per process; a notebook that trains twice with different amp or
         # device settings would otherwise have to restart its kernel. Only safe without a process group.
         if "already been initialized" not in str(err) or int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise
         AcceleratorState._reset_state(reset_partial_state=True)
-        return Accelerator(mixed_precision=mixed, cpu=not use_cuda, kwargs_handlers=handlers)
+        return Accelerator(**options)
+
+
+def _check_split(config: TrainConfig, num_processes: int) -> None:
+    """With split batches every batch is shared evenly, so the batch sizes must be multiples of the processes."""
+    if num_processes == 1:
+        return
+    for name, size in (("batch_size", config.batch_size), ("eval_batch_size", config.eval_batch_size)):
+        if size is not None and size % num_processes:
+            raise ValueError(f"{name} {size} is not a multiple of the {num_processes} processes: the global batch "
+                             f"is {name}, split evenly across the processes; use a number of processes that "
+                             f"divides it (e.g. --set <step>.num_processes=...)")
 
 
 def _loaders(train: Dataset, valid: Dataset, test: Dataset, config: TrainConfig,
@@ -470,6 +500,45 @@ def _sync_loss_grads(loss: nn.Module, accelerator: Any) -> None:
             p.grad = accelerator.reduce(p.grad, reduction="mean")
 
 
+def _spread(tensor: Tensor) -> tuple[Tensor, Tensor]:
+    """The element-wise minimum and maximum of ``tensor`` over all processes."""
+    import torch.distributed as dist
+
+    low, high = tensor.detach().clone(), tensor.detach().clone()
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    return low, high
+
+
+def _sync_loss_buffers(loss: nn.Module, accelerator: Any) -> None:
+    """Average the loss's floating-point buffers that differ between processes (DWA's loss history, computed
+    from each process's share of the batch), so every process continues from the global batch's state.
+
+    Buffers that agree everywhere (pos_weight) are left untouched: averaging N equal numbers can round.
+    """
+    if accelerator.num_processes == 1:
+        return
+    for buf in loss.buffers():
+        if not buf.is_floating_point():
+            continue
+        low, high = _spread(buf)
+        if not torch.equal(low, high):
+            buf.copy_(accelerator.reduce(buf.detach().clone(), reduction="mean"))
+
+
+def _check_loss_replicas(loss: nn.Module, accelerator: Any, epoch: int) -> None:
+    """Every process must hold the same loss parameters and buffers; a divergence is a bug worth stopping for."""
+    if accelerator.num_processes == 1:
+        return
+    tensors = [("parameter", n, t) for n, t in loss.named_parameters()]
+    tensors += [("buffer", n, t) for n, t in loss.named_buffers()]
+    for kind, name, tensor in tensors:
+        low, high = _spread(tensor.float() if tensor.is_floating_point() else tensor.double())
+        if not torch.equal(low, high):
+            raise RuntimeError(f"epoch {epoch}: loss {kind} {name!r} differs between the {accelerator.num_processes} "
+                               f"processes (max spread {float((high - low).abs().max()):.3g})")
+
+
 def train_one_epoch(model: nn.Module, loss: nn.Module, loader: Any, optimizer: Any, scheduler: Any,
                     accelerator: Any, config: TrainConfig, epoch: int,
                     after_step: Callable[[int], None] | None = None) -> dict[str, Any]:
@@ -499,6 +568,7 @@ def train_one_epoch(model: nn.Module, loss: nn.Module, loader: Any, optimizer: A
         if config.clip_grad is not None:
             accelerator.clip_grad_norm_(trainable, config.clip_grad)
         optimizer.step()
+        _sync_loss_buffers(loss, accelerator)
         if scheduler is not None and not accelerator.optimizer_step_was_skipped:
             scheduler.step()
         if after_step is not None and not accelerator.optimizer_step_was_skipped:
@@ -534,7 +604,14 @@ def predict(model: nn.Module, loader: Any, accelerator: Any, desc: str,
         labs.append(labels.cpu())
     if not outs:
         raise ValueError(f"{desc}: the split is empty")
-    return torch.cat(outs).numpy(), torch.cat(labs).numpy()
+    logits, labels = torch.cat(outs).numpy(), torch.cat(labs).numpy()
+    # Each sample exactly once: gather_for_metrics must have dropped the samples the sharded loader repeats to
+    # give every process the same number of batches.
+    expected = len(getattr(loader, "dataset", logits))
+    if logits.shape[0] != expected:
+        raise RuntimeError(f"{desc}: evaluated {logits.shape[0]} samples of a split of {expected} "
+                           f"({accelerator.num_processes} processes)")
+    return logits, labels
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
@@ -732,6 +809,7 @@ class _Run:
         self.last_path, self.best_path = run_dir / "last.pt", run_dir / "best.pt"
 
         self.accelerator = accelerator = _make_accelerator(config)
+        _check_split(config, accelerator.num_processes)
         self.cuda = accelerator.device.type == "cuda"
         if self.cuda:
             torch.cuda.reset_peak_memory_stats(accelerator.device)
@@ -787,10 +865,24 @@ class _Run:
             self.accelerator.scaler.load_state_dict(ckpt["scaler"])
         self.state = {k: ckpt[k] for k in self.state}
         self.best_state = ckpt["best_state"] if ckpt["best_state"] is not None else _cpu_state(self.raw_model)
-        _set_rng_state(ckpt["rng"], self.cuda)
+        self._restore_rng(ckpt)
         self.start_epoch = ckpt["epoch"] + 1
         log.info("resuming %s after epoch %d (best epoch %s)", self.last_path, ckpt["epoch"],
                  self.state["best"]["epoch"])
+
+    def _restore_rng(self, ckpt: Mapping[str, Any]) -> None:
+        n, rank = self.accelerator.num_processes, self.accelerator.process_index
+        per_process = ckpt.get("rng_processes")
+        saved = len(per_process) if per_process else 1
+        if saved == n:
+            _set_rng_state(per_process[rank] if per_process else ckpt["rng"], self.cuda)
+            return
+        # Another number of processes shares the batches differently anyway; the run continues correctly but
+        # does not reproduce an uninterrupted one.
+        if self.accelerator.is_main_process:
+            log.warning("%s was written by %d process(es) and is resumed by %d: the resumed run is valid but does "
+                        "not reproduce an uninterrupted run exactly", self.last_path, saved, n)
+        _set_rng_state(ckpt["rng"], self.cuda)
 
     # -- epochs ------------------------------------------------------------------------------------------
 
@@ -801,9 +893,11 @@ class _Run:
             if self.state["stopped_early"]:
                 break
             self._epoch(epoch)
+            _check_loss_replicas(self.loss, self.accelerator, epoch)
             self.state["wall_time_s"] = wall_before + (time.perf_counter() - self.started)
+            rng = self._rng_states()  # a collective: every process takes part
             if self.accelerator.is_main_process:
-                self._save_checkpoints(epoch)
+                self._save_checkpoints(epoch, rng)
             self.accelerator.wait_for_everyone()
             if on_epoch_end is not None and self.accelerator.is_main_process:
                 on_epoch_end(epoch, self.state["history"])
@@ -851,7 +945,16 @@ class _Run:
             state["stopped_early"] = state["patience"] <= 0 and epoch < self.config.epochs
         return False
 
-    def _save_checkpoints(self, epoch: int) -> None:
+    def _rng_states(self) -> list[dict[str, Any]]:
+        """The RNG state of every process, in rank order (each draws its own dropout masks for its share)."""
+        own = _rng_state(self.cuda)
+        if self.accelerator.num_processes == 1:
+            return [own]
+        from accelerate.utils import gather_object
+
+        return list(gather_object([own]))
+
+    def _save_checkpoints(self, epoch: int, rng: list[dict[str, Any]]) -> None:
         state, acc = self.state, self.accelerator
         if state["best"]["epoch"] == epoch:
             _save(self._best_payload(epoch), self.best_path)
@@ -862,7 +965,7 @@ class _Run:
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "loss": self.loss.state_dict(), "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
             "swa": self.swa.averaged.state_dict() if self.swa is not None else None,
-            "rng": _rng_state(self.cuda), **state,
+            "rng": rng[0], "rng_processes": rng if len(rng) > 1 else None, **state,
             # Only when it differs from "model": no second full copy on improving epochs.
             "best_state": None if state["best"]["epoch"] == epoch else self.best_state,
         }, self.last_path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -161,3 +162,36 @@ def _cell_value(cell: str, which: int) -> float:
         return float(str(cell).split("/")[which].split("±")[0])
     except (IndexError, ValueError):
         return float("nan")
+
+
+def confusion_figure(records: Sequence[dict[str, Any]], protocol: str = "multiclass"):
+    """Test confusion matrices of single-label runs (rows: true class, columns: predicted), summed over the seeds
+    and folds of each run and shown as row shares; one panel per (run, dataset)."""
+    import matplotlib.pyplot as plt
+
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in records:
+        if protocol in r["metrics"] and "confusion" in r["metrics"][protocol]["test"]:
+            run = r["model"] + ("" if r["variant"] in ("", "default") else f" ({r['variant']})")
+            groups.setdefault((run, r["dataset"]), []).append(r)
+    if not groups:
+        raise ValueError(f"no run record has a {protocol} confusion matrix")
+    fig, axes = plt.subplots(1, len(groups), figsize=(3.6 * len(groups), 3.4), squeeze=False)
+    for ax, ((run, dataset), recs) in zip(axes[0], sorted(groups.items())):
+        conf = recs[0]["metrics"][protocol]["test"]["confusion"]
+        matrix = np.sum([np.asarray(r["metrics"][protocol]["test"]["confusion"]["matrix"]) for r in recs], axis=0)
+        share = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+        ax.imshow(share, vmin=0, vmax=1, cmap="Blues")
+        names = conf["classes"]
+        ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(names)), names, fontsize=7)
+        for i in range(len(names)):
+            for j in range(len(names)):
+                if matrix[i, j]:
+                    ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center", fontsize=6,
+                            color="white" if share[i, j] > 0.5 else "black")
+        ax.set_title(f"{run} · {dataset} (n={int(matrix.sum())})", fontsize=8)
+        ax.set_xlabel("predicted", fontsize=7)
+        ax.set_ylabel("true", fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -24,7 +24,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("emolib.losses", "emolib.metrics"),
     ("emolib.records",),
     ("emolib.train",),
-    ("emolib.experiment", "emolib.predict"),
+    # launch: run_experiment(num_processes=N) hands over to it, so it sits beside experiment (it imports nothing above)
+    ("emolib.experiment", "emolib.predict", "emolib.launch"),
     ("emolib.recipes", "emolib.bench"),
     ("emolib.tables", "emolib.viz"),
     ("emolib.pipeline", "emolib.cli", "emolib.__main__"),

@@ -418,3 +418,18 @@ def test_run_experiment_is_reproducible_across_prior_random_state(tiny_caches, t
     # compared as JSON text: undefined metrics are NaN, which never equals itself
     assert json.dumps(a["metrics"], sort_keys=True) == json.dumps(b["metrics"], sort_keys=True)
     assert a["curves"]["train_loss"] == b["curves"]["train_loss"]
+
+
+def test_progress_reaches_a_log_as_plain_lines(tiny_releases, tiny_caches, tmp_path, monkeypatch, capsys) -> None:
+    """Under the runner (EMOLIB_PROGRESS=lines) prepare writes text lines to stderr, which papermill streams to the
+    runner's log; a tqdm widget would not reach it. Resuming a finished copy keeps this fast (no MTCNN)."""
+    out = tmp_path / "sims"
+    shutil.copytree(tiny_caches["sims"], out)
+    monkeypatch.setenv("EMOLIB_PROGRESS", "lines")
+    capsys.readouterr()  # drop what building the shared fixtures printed
+    report = get_adapter("sims").prepare(tiny_releases["sims"], out, params=PARAMS, progress=True)
+    n = report.n_resumed
+    assert n == report.n_sources and n > 0
+    err = capsys.readouterr().err
+    assert f"prepare sims: {n}/{n} utt (100%)" in err and err.rstrip().endswith(" - done")
+    assert "\r" not in err

@@ -100,7 +100,7 @@ def test_own_data_tables_use_the_records_classes() -> None:
     rec = classification_record(0, dataset="own", adapter="own", classes=("calm", "tense"))
     table = by_key(T.build_tables([rec], datasets=()))[("own", "dai-iemocap")]
     assert table.classes == ("calm", "tense") and list(table.frame["source"]) == ["this package"]
-    assert table.caption.startswith("own data test results")
+    assert table.caption.startswith("own data (own) test results")
 
 
 def test_second_protocol_table_only_where_used() -> None:

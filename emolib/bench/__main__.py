@@ -6,6 +6,8 @@ machines.
 - ``fv2es``: FV2ES visual-branch latency multi-branch vs re-parameterised, and clips/s of the in-model
   preprocessing pipeline vs a two-stage pipeline that writes frames and audio to disk (``emolib.bench.fv2es``).
 - ``prepare``: the preprocessing engine on the synthetic CMU-MOSEI release (``emolib.bench.prepare``).
+- ``distributed-cpu``: the same training run in one process and in two (accelerate launch, gloo), and on one GPU
+  when there is one (``emolib.bench.distributed``).
 """
 
 from __future__ import annotations
@@ -32,7 +34,14 @@ def _fv2es(workdir: Path) -> dict[str, Any]:
     return bench_fv2es(workdir)
 
 
-BENCHMARKS: dict[str, Callable[[Path], dict[str, Any]]] = {"prepare": _prepare, "fv2es": _fv2es}
+def _distributed(workdir: Path) -> dict[str, Any]:
+    from emolib.bench.distributed import bench_distributed
+
+    return bench_distributed(workdir)
+
+
+BENCHMARKS: dict[str, Callable[[Path], dict[str, Any]]] = {"prepare": _prepare, "fv2es": _fv2es,
+                                                            "distributed-cpu": _distributed}
 
 
 def main(argv: list[str] | None = None) -> int:

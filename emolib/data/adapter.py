@@ -55,6 +55,7 @@ class VerifyReport:
     counts: dict[str, int] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # kept with a counted fallback (e.g. an empty transcript)
 
     @property
     def ok(self) -> bool:
@@ -70,6 +71,9 @@ class VerifyReport:
         lines += [f"  problem: {p}" for p in self.problems[:50]]
         if len(self.problems) > 50:
             lines.append(f"  ... {len(self.problems) - 50} more problems")
+        lines += [f"  note: {n}" for n in self.notes[:20]]
+        if len(self.notes) > 20:
+            lines.append(f"  ... {len(self.notes) - 20} more notes")
         return "\n".join(lines)
 
 

@@ -147,7 +147,14 @@ class Cache:
     @property
     def display_name(self) -> str:
         """Dataset name for records and tables: synthetic copies never pass for the real data."""
-        return f"synthetic-{self.dataset}" if self.provenance.get("synthetic") else self.dataset
+        name = self.provenance.get("name") or self.dataset  # own data: the CSV's name (one table per CSV)
+        return f"synthetic-{name}" if self.provenance.get("synthetic") else name
+
+    def modality_counts(self) -> dict[str, int]:
+        """How many records hold each modality ("visual", "audio", "text")."""
+        from emolib.data.prepare import modality_counts
+
+        return modality_counts(self.index)
 
     def uids(self, split: str | None = None) -> list[str]:
         return [m["uid"] for m in self.index if split is None or m.get("split") == split]

@@ -2,7 +2,8 @@
 
 Batch keys: ``uid`` (list), ``faces`` uint8 (sum S_i, 3, H, W), ``face_lengths`` (B,), ``face_conf`` (sum S_i,),
 ``face_boxes`` (sum S_i, 4), ``audio`` float32 (B, T_max) 16 kHz mono zero-padded, ``audio_lengths`` (B,),
-``text`` (list), ``labels`` float32 (B, C). Normalisation and spectrograms happen inside the models, as in the
+``text`` (list), ``labels`` float32 (B, C), ``present`` bool (B, 3): which of visual, audio, text each record
+really holds (own data may lack some). Normalisation and spectrograms happen inside the models, as in the
 papers; the dataset only selects and resizes frames.
 """
 
@@ -18,6 +19,9 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from emolib.data.cache import Cache
+from emolib.data.prepare import record_modalities
+
+MODALITIES = ("visual", "audio", "text")  # the order of an item's ``present`` flags
 
 PRELOAD_LIMIT_BYTES = 2 << 30
 
@@ -38,15 +42,29 @@ class FrameOptions:
     select: str = "uniform"
 
 
+# What stands in for a modality a record does not hold when a model is asked to run on it anyway
+# (``fill_missing``): one black face frame with confidence 0, silence of one STFT window (25 ms at 16 kHz, the
+# shortest audio a record holds) and an empty transcript, the inputs a model sees for a clip without a face,
+# a silent clip and a clip without words.
+FILL_AUDIO_SAMPLES = 400
+
+
 class CachedDataset(Dataset):
+    """One split of a cache (or the records ``uids`` names) as model inputs.
+
+    ``fill_missing``: records without a modality (own data) get the placeholders above instead of empty inputs;
+    every item says which modalities are real in ``present`` (visual, audio, text).
+    """
+
     def __init__(self, cache: Cache | str | Path, split: str | None = None, *, frames: FrameOptions | None = None,
-                 preload: bool | None = None) -> None:
+                 preload: bool | None = None, uids: list[str] | None = None, fill_missing: bool = False) -> None:
         self.cache = cache if isinstance(cache, Cache) else Cache(cache)
         self.split = split
         self.frames = frames or FrameOptions()
+        self.fill_missing = fill_missing
         if self.frames.select not in ("uniform", "center"):
             raise ValueError(f"FrameOptions.select must be 'uniform' or 'center', got {self.frames.select!r}")
-        self.uids = self.cache.uids(split)
+        self.uids = list(uids) if uids is not None else self.cache.uids(split)
         if not self.uids:
             raise ValueError(f"{self.cache.root}: no utterances in split {split!r} "
                              f"(splits: {self.cache.provenance.get('splits')})")
@@ -80,7 +98,7 @@ class CachedDataset(Dataset):
         faces = torch.from_numpy(rec.faces[keep]).permute(0, 3, 1, 2).contiguous()
         if self.frames.face_size is not None and faces.shape[-1] != self.frames.face_size:
             faces = resize_faces(faces, self.frames.face_size)
-        return {
+        item = {
             "uid": uid,
             "faces": faces,
             "face_conf": torch.from_numpy(rec.face_conf[keep]),
@@ -89,6 +107,16 @@ class CachedDataset(Dataset):
             "text": rec.meta["text"],
             "labels": torch.from_numpy(rec.labels),
         }
+        present = record_modalities(rec.meta)
+        item["present"] = torch.tensor([m in present for m in MODALITIES])
+        if self.fill_missing:
+            if "visual" not in present:
+                side = faces.shape[-1]
+                item.update(faces=torch.zeros(1, 3, side, side, dtype=torch.uint8), face_conf=torch.zeros(1),
+                            face_boxes=torch.full((1, 4), float("nan")))
+            if "audio" not in present:
+                item["audio"] = torch.zeros(FILL_AUDIO_SAMPLES)
+        return item
 
 
 def select_frames(n: int, max_frames: int | None, mode: str) -> np.ndarray:
@@ -120,4 +148,5 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         "audio_lengths": audio_lengths,
         "text": [it["text"] for it in items],
         "labels": torch.stack([it["labels"] for it in items]),
+        **({"present": torch.stack([it["present"] for it in items])} if all("present" in it for it in items) else {}),
     }

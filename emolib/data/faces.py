@@ -71,6 +71,12 @@ class FaceCrops:
     def n_fallback(self) -> int:
         return int((~self.found).sum())
 
+    @classmethod
+    def empty(cls, size: int) -> FaceCrops:
+        """No frames (utterances without a visual modality)."""
+        return cls(faces=np.zeros((0, size, size, 3), np.uint8), conf=np.zeros(0, np.float32),
+                   found=np.zeros(0, bool), boxes=np.zeros((0, 4), np.float32))
+
 
 def aspect_pad_48(face_rgb: np.ndarray, size: int = 48) -> np.ndarray:
     """Resize ``face_rgb`` (h×w×3) so that its longer side is ``size`` (nearest neighbour, aspect kept) and

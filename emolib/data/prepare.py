@@ -76,6 +76,12 @@ class UtteranceSource:
     image_times: tuple[float, ...] = ()
     fallbacks: tuple[str, ...] = ()  # problems the adapter already handled (e.g. text_decode)
     meta: dict[str, Any] = field(default_factory=dict)
+    # The modalities the record holds ("visual", "audio", "text"); None: every one (the datasets' releases). An
+    # absent one is stored empty (no frames, no samples, empty text) and listed in the record's ``modalities``.
+    modalities: tuple[str, ...] | None = None
+
+    def has(self, modality: str) -> bool:
+        return self.modalities is None or modality in self.modalities
 
     def files(self) -> dict[str, list[str]]:
         """The files the record is built from, by role."""
@@ -152,7 +158,7 @@ class PrepareReport:
         ]
         if self.n_rebuilt:
             lines.append(f"{self.n_rebuilt} records rebuilt because their source files or labels changed")
-        if fs:
+        if fs and fs["frames"]:
             lines.append(
                 f"faces: {fs['frames_with_face']}/{fs['frames']} frames ({100 * fs['face_rate']:.1f}%) had a face; "
                 f"{fs['fallback_frames']} fallback crops; {fs['utterances_without_face']} utterances with no face"
@@ -178,7 +184,8 @@ def prepare_sources(
     progress: bool = True,
 ) -> PrepareReport:
     """Build (or resume) the cache at ``out`` from ``sources``."""
-    from tqdm.auto import tqdm
+    # Plain lines in the runner's log (a tqdm widget never reaches it; see emolib.progress), a bar interactively.
+    from emolib.progress import progress_bar
 
     params = params or PrepareParams()
     t0 = time.monotonic()
@@ -198,7 +205,7 @@ def prepare_sources(
     file_hash = _FileHashes()
     cropper = None
     n_written = n_resumed = n_rebuilt = 0
-    bar = tqdm(total=sum(len(groups[k]) for k in mine), desc=f"prepare {dataset}", unit="utt", disable=not progress)
+    bar = progress_bar(sum(len(groups[k]) for k in mine), f"prepare {dataset}", unit="utt", enabled=progress)
     for key in mine:
         utts = sorted(groups[key], key=lambda s: (s.start, s.uid))
         for chunk in chunks(utts, params.chunk_utterances):
@@ -250,6 +257,7 @@ def prepare_sources(
             "n_utterances": len(metas),
             "splits": _split_counts(metas),
             "face_detection": face_stats,
+            "modalities": modality_counts(metas),
             "fallbacks": _fallback_counts(metas),
             "skipped": skipped,
             "problems": problems or [],
@@ -317,7 +325,7 @@ def process_chunk(chunk: list[UtteranceSource], params: PrepareParams, cropper) 
     """Frames for every utterance of the chunk, then one batched MTCNN call, then audio and records."""
     frames, times, frame_problems = _chunk_frames(chunk, params)
     flat = [f for fs in frames for f in fs]
-    crops = cropper.crop(flat) if flat else None
+    crops = cropper.crop(flat) if flat else _no_crops(params.face_size)
     results: list = []
     pos = 0
     for i, src in enumerate(chunk):
@@ -334,9 +342,9 @@ def process_chunk(chunk: list[UtteranceSource], params: PrepareParams, cropper) 
         audio, audio_fallbacks = audio
         fallbacks = list(src.fallbacks) + audio_fallbacks + ([frame_problems[i]] if frame_problems[i] else [])
         found = crops.found[sl]
-        if not found.any():
+        if src.has("visual") and not found.any():
             fallbacks.append("no_face")
-        if not src.text.strip():
+        if src.has("text") and not src.text.strip():
             fallbacks.append("empty_text")
         if "\ufffd" in src.text:  # the format parser replaced undecodable bytes
             fallbacks.append("text_decode")
@@ -355,6 +363,8 @@ def process_chunk(chunk: list[UtteranceSource], params: PrepareParams, cropper) 
             "sources": {k: str(v) for k, v in (("video", src.video), ("audio", src.audio)) if v is not None},
             **src.meta,
         }
+        if src.modalities is not None:
+            meta["modalities"] = list(src.modalities)
         arrays = {
             "faces": crops.faces[sl],
             "face_conf": crops.conf[sl].astype(np.float32),
@@ -375,6 +385,8 @@ def _chunk_frames(chunk: list[UtteranceSource], params: PrepareParams):
     frames: list[list[np.ndarray]] = [[] for _ in chunk]
     times: list[list[float]] = [[] for _ in chunk]
     problems: list[Any] = [None] * len(chunk)
+    if not any(s.has("visual") for s in chunk):  # audio-only or text-only utterances: nothing to decode
+        return frames, times, problems
     first = chunk[0]
     if first.images:
         for i, src in enumerate(chunk):
@@ -456,6 +468,8 @@ def _half(frame: np.ndarray, half: str | None) -> np.ndarray:
 def _utterance_audio(src: UtteranceSource, params: PrepareParams):
     from emolib.data.media import MediaError, read_audio
 
+    if not src.has("audio"):
+        return np.zeros(0, dtype=np.float32), []
     path = src.audio or src.video
     if path is None:
         return Skip(src.uid, "no audio source")
@@ -504,6 +518,23 @@ def _check_params(out: Path, dataset: str, params: PrepareParams, label_names: S
         write_json(path, current)
 
 
+def _no_crops(size: int):
+    """The cropper's result for a chunk without frames (its utterances have no visual modality)."""
+    from emolib.data.faces import FaceCrops
+
+    return FaceCrops.empty(size)
+
+
+def record_modalities(meta: dict[str, Any]) -> list[str]:
+    """The modalities a record holds (records written before per-modality presence hold all three)."""
+    return list(meta.get("modalities", ("visual", "audio", "text")))
+
+
+def modality_counts(metas: list[dict]) -> dict[str, int]:
+    """How many records hold each modality."""
+    return {m: sum(m in record_modalities(meta) for meta in metas) for m in ("visual", "audio", "text")}
+
+
 def _face_stats(metas: list[dict]) -> dict[str, Any]:
     frames = sum(m["n_frames"] for m in metas)
     found = sum(m["n_faces_found"] for m in metas)
@@ -512,7 +543,8 @@ def _face_stats(metas: list[dict]) -> dict[str, Any]:
         "frames_with_face": found,
         "fallback_frames": frames - found,
         "face_rate": found / frames if frames else 0.0,
-        "utterances_without_face": sum(1 for m in metas if m["n_faces_found"] == 0),
+        "utterances_without_face": sum(1 for m in metas if m["n_faces_found"] == 0
+                                       and "visual" in record_modalities(m)),
     }
 
 

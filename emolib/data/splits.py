@@ -53,6 +53,31 @@ def group_split(groups: Mapping[str, str], *, seed: int = 0, fractions: tuple[fl
     return {uid: by_group[g] for uid, g in groups.items()}
 
 
+def group_folds(groups: Mapping[str, str], *, k: int, fold: int, seed: int = 0, valid_fraction: float = 0.1
+                ) -> dict[str, str]:
+    """Fold ``fold`` of a seeded k-fold split by group (leave-speakers-out when the groups are speakers).
+
+    The groups are shuffled with ``seed`` and dealt round-robin into ``k`` folds; fold ``fold``'s groups are the
+    test split, ``valid_fraction`` of the other groups (at least one) the valid split, the rest train. Every group
+    is a test group in exactly one fold. Returns id -> split for each id in ``groups``.
+    """
+    names = sorted(set(groups.values()))
+    if not 2 <= k <= len(names):
+        raise ValueError(f"k-fold by group: k must be between 2 and the number of groups ({len(names)}), got {k}")
+    if not 0 <= fold < k:
+        raise ValueError(f"k-fold by group: fold must be in [0, {k}), got {fold}")
+    order = names[:]
+    random.Random(seed).shuffle(order)
+    test = set(order[fold::k])
+    rest = [g for g in order if g not in test]
+    if len(rest) < 2:
+        raise ValueError(f"k-fold by group: {len(names)} groups leave fold {fold} no group for valid and train; "
+                         "use fewer folds or more groups")
+    n_valid = max(1, round(valid_fraction * len(rest))) if len(rest) >= 2 else 0
+    valid = set(rest[:n_valid])
+    return {uid: "test" if g in test else "valid" if g in valid else "train" for uid, g in groups.items()}
+
+
 def write_split_dir(assignment: Mapping[str, str], folder: str | Path) -> str:
     """Write Dai-format split files; returns the split's hash."""
     folder = Path(folder)

@@ -1,5 +1,5 @@
-"""Single-output losses: positive-weighted BCE (the default of Dai et al. 2021) and L1 for CH-SIMS (as in
-``khanhnd185/EmoMBT: src/loss.py``).
+"""Single-output losses: positive-weighted BCE (the default of Dai et al. 2021), cross-entropy for single-label
+(multiclass) data and L1 for CH-SIMS (as in ``khanhnd185/EmoMBT: src/loss.py``).
 
 Both follow the loss API of :mod:`emolib.losses`: an ``nn.Module`` whose ``forward(outputs, labels)`` returns
 ``(total, parts)``; ``outputs`` is the model's dict of heads and ``labels`` the batch's (B, C) float tensor.
@@ -153,3 +153,45 @@ class WeightedL1(nn.Module):
         parts = {"l1": float(total.detach())}
         parts.update({f"l1_{name}": float(v) for name, v in zip(self.target_names, per_column.detach().tolist())})
         return total, parts
+
+
+@register("loss", "ce", summary="softmax cross-entropy for single-label data, optional class weights N/(C*N_c)",
+          task="multiclass")
+class CrossEntropy(nn.Module):
+    """``F.cross_entropy`` of one head against the class of one-hot labels (B, C).
+
+    ``class_weights``: False (plain CE), True ("balanced": ``N / (C * N_c)`` from the train split, scikit-learn's
+    ``compute_class_weight("balanced")``, so that rare classes count as much as frequent ones, which UA rewards),
+    or explicit per-class weights.
+    """
+
+    def __init__(self, *, train_labels: object, head: str = "logits",
+                 class_weights: bool | Sequence[float] = False, class_names: Sequence[str] | None = None) -> None:
+        super().__init__()
+        labels = as_label_matrix(train_labels)
+        per_row = (labels > 0.5).sum(axis=1)
+        if not np.all((labels == 0) | (labels == 1)) or np.any(per_row != 1):
+            raise ValueError("train_labels: the ce loss needs one-hot labels (exactly one class per clip)")
+        n, n_classes = labels.shape
+        if class_weights is True:
+            counts = labels.sum(axis=0)
+            weights = np.where(counts > 0, n / (n_classes * np.maximum(counts, 1)), 0.0)
+            missing = [str(class_names[i]) if class_names else str(i) for i in np.flatnonzero(counts == 0)]
+            if missing:
+                log.warning("ce class weights: no training clip of %s; weight 0", ", ".join(missing))
+        elif class_weights is False:
+            weights = np.ones(n_classes)
+        else:
+            weights = np.asarray(class_weights, dtype=np.float64)
+            if weights.shape != (n_classes,) or np.any(weights < 0) or not np.all(np.isfinite(weights)):
+                raise ValueError(f"ce class_weights: expected {n_classes} finite values >= 0, got {class_weights}")
+        self.head = head
+        self.num_classes = n_classes
+        self.register_buffer("class_weights", torch.tensor(weights, dtype=torch.float32))
+
+    def forward(self, outputs: Mapping[str, Tensor], labels: Tensor) -> tuple[Tensor, dict[str, float]]:
+        logits = _head(outputs, self.head, labels)
+        if logits.shape[1] != self.num_classes:
+            raise ValueError(f"output {self.head!r} has {logits.shape[1]} classes, the loss {self.num_classes}")
+        total = F.cross_entropy(logits, labels.argmax(dim=1), weight=self.class_weights)
+        return total, {"ce": float(total.detach())}

@@ -190,7 +190,7 @@ class ClsTransformerEncoder(nn.Module):
         padded, valid = pad_by_lengths(flat, lengths)
         cls = self.cls_emb.weight.unsqueeze(0).expand(padded.shape[0], 1, self.d)
         tokens = torch.cat([cls, padded], dim=1)
-        cls_valid = torch.ones_like(valid[:, :1])
+        cls_valid = valid.new_ones((valid.shape[0], 1))  # (B, 1) also when no utterance has an item
         padding_mask = ~torch.cat([cls_valid, valid], dim=1)
         out = self.encoder(tokens, src_key_padding_mask=padding_mask)
         if return_sequence:
@@ -483,6 +483,13 @@ class EmotionModel(nn.Module):
     @classmethod
     def registry_meta(cls) -> dict[str, Any]:
         return {"configs": tuple(cls.configs)}
+
+    @property
+    def input_modalities(self) -> tuple[str, ...]:
+        """The modalities the model reads ("text", "visual", "audio"): its ``modalities`` letters where the model
+        has a subset (FE2E family, EmoMBT), else all three. ``run_experiment`` checks a cache against it."""
+        names = {"t": "text", "v": "visual", "a": "audio"}
+        return tuple(names[letter] for letter in getattr(self, "modalities", ("t", "v", "a")))
 
     def text_lr(self, text_lr_factor: float | None = None) -> float:
         """The multiplier of the text encoder's learning rate: 1 / (the trainer's factor, else the config's)."""

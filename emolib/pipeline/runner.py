@@ -250,6 +250,9 @@ class Runner:
         kernel = self.kernel or ensure_kernel()
         # Kernels inherit the environment: keep tqdm bars from flooding the streamed console and logs.
         os.environ.setdefault("TQDM_MININTERVAL", "5")
+        # papermill streams only stdout/stderr text to the log; a tqdm widget (tqdm.auto in a kernel) never reaches
+        # it, so long loops (prepare) report plain progress lines instead (emolib.progress).
+        os.environ.setdefault("EMOLIB_PROGRESS", "lines")
         state = self._load_state()
         outcomes: list[Outcome] = []
         start_all = time.monotonic()
