@@ -186,7 +186,16 @@ def _distributed_shard() -> tuple[int, int]:
     import os
 
     rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
-    return (int(rank), int(world)) if rank is not None and world is not None else (0, 1)
+    if rank is None or world is None:
+        return (0, 1)
+    local = os.environ.get("LOCAL_RANK")
+    if local is not None:
+        import torch
+
+        # "cuda" then means this process's GPU, not GPU 0 for every rank
+        if torch.cuda.is_available() and torch.cuda.device_count() > int(local):
+            torch.cuda.set_device(int(local))
+    return (int(rank), int(world))
 
 
 def _add_own_arguments(p: argparse.ArgumentParser) -> None:

@@ -26,7 +26,7 @@ class Experiment:
     cache_dir: str | Path
     config: str | dict = "tiny"  # a named configuration of the model (e.g. "tiny", "paper"), or a dict
     model_overrides: dict[str, Any] = field(default_factory=dict)
-    loss: str | None = None  # None: bce for classification, l1 for regression
+    loss: str | None = None  # None: the cache task's loss (emolib.labels.TASK_LOSS)
     loss_params: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields
     frames: dict[str, Any] = field(default_factory=dict)  # FrameOptions fields

@@ -309,7 +309,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", dest="cache_dir", help="processed cache folder (emolib prepare)")
     p.add_argument("--config", help="the model's named configuration (tiny, paper, ...)")
     p.add_argument("--variant", help="run-name suffix that keeps runs of one model apart")
-    p.add_argument("--loss", help="registered loss (default: bce for classification, l1 for regression)")
+    p.add_argument("--loss", help="registered loss (default: the task's loss, emolib.labels.TASK_LOSS)")
     p.add_argument("--sims-labels", dest="sims_labels", help="CH-SIMS labels: M or M,A,T,V")
     p.add_argument("--results-root", dest="results_root", help="default: results")
     p.add_argument("--seeds", type=int, nargs="+", help="one run per seed (default 0)")

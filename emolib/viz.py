@@ -140,7 +140,8 @@ def per_emotion_bars(table_frame: pd.DataFrame, classes: list[str], title: str, 
     the protocol's display units."""
     import matplotlib.pyplot as plt
 
-    cols = [c.capitalize() for c in classes] + ["Avg"]
+    # multiclass tables average in separate WA/UA/F1 columns instead of one "Avg" pair
+    cols = [c.capitalize() for c in classes] + (["Avg"] if "Avg" in table_frame.columns else [])
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(cols)), 3.6))
     n = len(table_frame)
     width = 0.8 / max(n, 1)

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1] / "emolib"
 # "data -> models -> train -> records -> tables" is the flow of data; as imports, records (the run-record schema
 # the trainer writes) sits below train, and metrics/losses sit between models and train.
 LAYERS: list[tuple[str, ...]] = [
-    ("emolib", "emolib.io", "emolib.registry", "emolib.labels", "emolib.deviations"),
+    ("emolib", "emolib.io", "emolib.registry", "emolib.labels", "emolib.deviations", "emolib.progress"),
     ("emolib.data",),
     ("emolib.models",),
     ("emolib.losses", "emolib.metrics"),
@@ -28,6 +28,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("emolib.experiment", "emolib.predict", "emolib.launch"),
     ("emolib.recipes", "emolib.bench"),
     ("emolib.tables", "emolib.viz"),
+    # evaluate re-scores trained runs and writes its own tables with the table helpers
+    ("emolib.evaluate",),
     ("emolib.pipeline", "emolib.cli", "emolib.__main__"),
 ]
 

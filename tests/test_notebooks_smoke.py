@@ -45,6 +45,11 @@ steps:
     notebook: notebooks/05_multitask.ipynb
     parameters: {dataset: sims, model_config: tiny, losses: [mean, druw], epochs: 1, batch_size: 4, lr: 0.001,
                  early_stop: 0, face_size: 48}
+  - name: robustness
+    notebook: notebooks/07_robustness_efficiency.ipynb
+    parameters: {corruptions: [audio-noise, frame-drop, word-dropout], severities: [3], latency_repeats: 1,
+                 raw_video_clips: 1, model_configs: [tiny]}
+    outputs: [results/nbsmoke/tables/efficiency_runs.md]
   - name: tables
     notebook: notebooks/06_tables_figures.ipynb
     outputs: [results/nbsmoke/tables/sims_sims.md]
@@ -67,7 +72,7 @@ def test_notebooks_run_through_the_runner(tmp_path: Path) -> None:
     results = tmp_path / "results" / "nbsmoke"
     executed = sorted(p.name for p in (results / "notebooks").glob("*.ipynb"))
     assert executed == ["adaptive.ipynb", "baselines__audio.ipynb", "baselines__visual.ipynb", "data__iemocap.ipynb",
-                        "data__sims.ipynb", "fv2es.ipynb", "multitask.ipynb", "tables.ipynb"]
+                        "data__sims.ipynb", "fv2es.ipynb", "multitask.ipynb", "robustness.ipynb", "tables.ipynb"]
     for p in (results / "notebooks").glob("*.ipynb"):
         nb = nbformat.read(p, as_version=4)
         errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
@@ -83,6 +88,16 @@ def test_notebooks_run_through_the_runner(tmp_path: Path) -> None:
     provenance = json.loads((results / "cache" / "iemocap" / "provenance.json").read_text())
     assert provenance["parameters"]["frame_center_crop"] == 224  # notebook 01's face_recipe: dai
     assert sorted(p.name for p in (results / "figures").glob("*.png"))
+    # notebook 07: robustness and efficiency of every checkpoint, linked from notebook 06
+    tables = {p.name for p in (results / "tables").iterdir()}
+    for stem in ("robustness_sims_sims", "missing_modalities_sims_sims", "robustness_iemocap_e2emal",
+                 "efficiency_runs", "efficiency_models"):
+        assert {f"{stem}.md", f"{stem}.csv", f"{stem}.tex"} <= tables, (stem, sorted(tables))
+    assert {"robustness_sims.png", "missing_modalities_sims.png", "accuracy_latency.png"} <= {
+        p.name for p in (results / "figures").glob("*.png")}
+    robustness = (results / "tables" / "robustness_sims_sims.md").read_text()
+    assert "audio-noise" in robustness and "fv2es" in robustness
+    assert "efficiency_runs.md" in json.dumps(nbformat.read(results / "notebooks" / "tables.ipynb", as_version=4))
     # a second run with nothing changed skips every step
     again = io.StringIO()
     assert run_profile("nbsmoke", root=tmp_path, out=again) == 0

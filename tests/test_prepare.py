@@ -310,7 +310,7 @@ def test_non_utf8_transcript_is_replaced_and_flagged(tiny_releases, tmp_path) ->
 
 def test_own_data_csv(tiny_releases, tmp_path) -> None:
     clips = _clips(tiny_releases["sims"])[:4]
-    rows = ["id,video,text,label,split"]
+    rows = ["id,video,text,labels,split"]  # "labels": multi-label, ";"-separated
     for i, clip in enumerate(clips):
         label, split = "happy" if i % 2 else "sad;angry", ["train", "valid", "test", "train"][i]
         rows.append(f"u{i},{clip},sentence {i},{label},{split}")

@@ -222,7 +222,8 @@ def parse_removed(removed: str | Iterable[str]) -> tuple[str, ...]:
 
 
 def remove_modalities(rec: Record, removed: str | Iterable[str]) -> Record:
-    """The record with the named modalities absent: no frames, an empty waveform, an empty transcript."""
+    """The record with the named modalities absent: no frames, an empty waveform, an empty transcript; its
+    ``meta["modalities"]`` no longer names them (``emolib.data.prepare.record_modalities``)."""
     gone = parse_removed(removed)
     arrays = {}
     if "visual" in gone:
@@ -233,6 +234,9 @@ def remove_modalities(rec: Record, removed: str | Iterable[str]) -> Record:
     out = _replace(rec, **arrays)
     if "text" in gone:
         out.meta["text"] = ""
+    if gone:  # the item's ``present`` flags (and a "fill" run's placeholders) follow, as for own-data records
+        held = out.meta.get("modalities", ("visual", "audio", "text"))
+        out.meta["modalities"] = [m for m in held if m not in gone]
     return out
 
 

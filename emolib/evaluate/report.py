@@ -7,8 +7,8 @@ Files (under ``results/<profile>/``):
   severities 1 / 2 / 3;
 * ``tables/missing_modalities_<dataset>_<protocol>.{md,csv,tex}``: one row per run, the clean score and each
   modality and pair removed;
-* ``tables/efficiency_runs.{md,csv,tex}``: every trained checkpoint: parameters, FLOPs, latency, memory, raw video
-  to emotions, and its clean score;
+* ``tables/efficiency_runs.{md,csv,tex}``: every trained checkpoint: parameters, FLOPs, latency, memory and raw
+  video to emotions (its clean score is in the robustness tables and the accuracy-latency figure);
 * ``tables/efficiency_models.{md,csv,tex}``: every registered model in the configurations measured;
 * ``figures/robustness_<dataset>.png``, ``figures/missing_modalities_<dataset>.png``,
   ``figures/accuracy_latency.png``.
@@ -114,14 +114,22 @@ def robustness_tables(frame: pd.DataFrame) -> list[ReportTable]:
                     continue
                 row[name] = NOT_READ if c["reused_clean"].all() else " / ".join(_fmt(v) for v in c["value"])
             rows.append(row)
-        levels = "; ".join(f"{n}: {', '.join(c.label(k) for k in SEVERITIES)}" for n, c in CORRUPTIONS.items()
+        sevs = _severities(part)
+        levels = "; ".join(f"{n}: {', '.join(c.label(k) for k in sevs)}" for n, c in CORRUPTIONS.items()
                            if n in part["condition"].values)
         metric = metric_label(headline_key(protocol))
         caption = (f"{dataset}: test {metric} (x100, protocol {protocol}, the run's valid thresholds) under corrupted "
-                   f"raw inputs, severities 1 / 2 / 3; {NOT_READ}: the model does not read that input")
+                   f"raw inputs, severit{'y' if len(sevs) == 1 else 'ies'} {' / '.join(map(str, sevs))}; "
+                   f"{NOT_READ}: the model does not read that input")
         stem = f"robustness_{table_stem(frame, dataset)}_{protocol}"
         tables.append(ReportTable(stem, pd.DataFrame(rows), caption, f"Severities: {levels}."))
     return tables
+
+
+def _severities(part: pd.DataFrame) -> list[int]:
+    """The corruption severities evaluated in ``part`` (all of ``SEVERITIES`` when it holds no corruption)."""
+    found = sorted({int(v) for v in part.loc[part["kind"] == "corruption", "severity"]})
+    return found or list(SEVERITIES)
 
 
 MISSING = [missing_name(r) for r in missing_conditions()]
@@ -162,6 +170,7 @@ def robustness_figure(frame: pd.DataFrame, dataset: str):
     s = scored(frame)
     part = s[s["dataset"] == dataset]
     names = [n for n in CORRUPTIONS if n in part["condition"].values]
+    sevs = _severities(part)
     cols = min(4, max(1, len(names)))
     rows = int(math.ceil(len(names) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.7 * rows), squeeze=False, sharey=True)
@@ -176,7 +185,7 @@ def robustness_figure(frame: pd.DataFrame, dataset: str):
             ax.plot([0, *c["severity"]], [clean, *c["value"]], marker="o", ms=3, label=run)
         corr = CORRUPTIONS[name]
         ax.set_title(name, fontsize=9)
-        ax.set_xticks([0, *SEVERITIES], ["clean", *(corr.label(k) for k in SEVERITIES)], fontsize=6, rotation=20)
+        ax.set_xticks([0, *sevs], ["clean", *(corr.label(k) for k in sevs)], fontsize=6, rotation=20)
     axes.flat[0].set_ylabel(f"{part['metric'].iloc[0]} (x100)")
     handles, labels = [], []
     for ax in axes.flat:
@@ -184,9 +193,9 @@ def robustness_figure(frame: pd.DataFrame, dataset: str):
             if lab not in labels:
                 handles.append(h)
                 labels.append(lab)
-    fig.legend(handles, labels, fontsize=7, loc="lower right")
+    fig.legend(handles, labels, fontsize=7, loc="center right")
     fig.suptitle(f"{dataset}: robustness to corrupted raw inputs (protocol {part['protocol'].iloc[0]})", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.82, 1))  # the legend sits in the right margin, off the panels
     return fig
 
 
@@ -224,6 +233,7 @@ def accuracy_latency_figure(points: pd.DataFrame):
     """Clean score against CPU latency per utterance; marker area proportional to the parameter count; one panel
     per dataset. ``points``: run, dataset, metric, value, ms_per_utterance, params."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     datasets = list(dict.fromkeys(points["dataset"]))
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 3.4), squeeze=False)
@@ -234,8 +244,12 @@ def accuracy_latency_figure(points: pd.DataFrame):
         for _, p in part.iterrows():
             ax.annotate(p["run"], (p["ms_per_utterance"], p["value"]), fontsize=6, xytext=(3, 3),
                         textcoords="offset points")
-        ax.set_xscale("log")
-        ax.set_xlabel("CPU latency per utterance, batch 1 (ms, log)")
+        ms = part["ms_per_utterance"]
+        log = bool(len(ms)) and float(ms.max()) > 10 * float(ms.min())  # a log axis only over a decade or more
+        if log:
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel(f"CPU latency per utterance, batch 1 (ms{', log' if log else ''})")
         ax.set_ylabel(f"clean {part['metric'].iloc[0]} (x100)")
         ax.set_title(dataset, fontsize=9)
     fig.suptitle("accuracy vs latency (marker area ~ parameters)", fontsize=10)
@@ -267,7 +281,7 @@ def findings(frame: pd.DataFrame, modalities: Mapping[str, Sequence[str]] | None
                                                                            read["drop"].iloc[1:]))
         out.append(f"**{run}** on {dataset} leans on **{top['condition'].removeprefix('-')}**: removing it costs "
                    f"{top['drop']:.1f} {top['metric']} points (other removals: {rest}).")
-    worst = s[(s["kind"] == "corruption") & (s["severity"] == max(SEVERITIES)) & ~s["reused_clean"].astype(bool)]
+    worst = s[(s["kind"] == "corruption") & (s["severity"] == max(_severities(s))) & ~s["reused_clean"].astype(bool)]
     for (dataset, name), r in worst.groupby(["dataset", "condition"], sort=False):
         if len(r) < 2:
             continue

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from emolib.data.cache import Cache, Record
+from emolib.data.dataset import MODALITIES as DATASET_MODALITIES
 from emolib.data.dataset import FrameOptions, collate
 from emolib.evaluate.corruptions import (
     CORRUPTIONS,
@@ -186,25 +187,55 @@ def model_modalities(model: torch.nn.Module) -> frozenset[str]:
 # -------------------------------------------------------------------------------------------- evaluation
 
 
-def test_records(cache: Cache, split: str = "test") -> list[Record]:
-    uids = cache.uids(split)
+def split_uids(cache: Cache, record: Mapping[str, Any] | None = None, split: str = "test") -> list[str]:
+    """The uids of ``split`` as the run drew them: the cache's own split, or the run's speaker split / fold
+    (``record["extra"]["split"]``, ``emolib.experiment.SplitRule``)."""
+    from emolib.experiment import SplitRule
+
+    spec = (record or {}).get("extra", {}).get("split") or {}
+    rule = SplitRule.parse(spec) if spec else None
+    if rule is not None and rule.by:
+        assignment = rule.assign(cache)
+        return [u for u in cache.uids() if assignment[u] == split]
+    return cache.uids(split)
+
+
+def split_records(cache: Cache, split: str = "test", record: Mapping[str, Any] | None = None) -> list[Record]:
+    uids = split_uids(cache, record, split)
     if not uids:
         raise ValueError(f"{cache.root}: no utterances in split {split!r}")
     return [cache.load(u) for u in uids]
 
 
-def item_of(rec: Record, frames: FrameOptions) -> dict[str, Any]:
-    """A dataset item as ``CachedDataset`` builds it, also for a record without frames."""
-    from emolib.data.dataset import resize_faces, select_frames
+def fills_missing(record: Mapping[str, Any]) -> bool:
+    """Whether the run gave records without a modality placeholders (``Experiment.missing_modalities="fill"``)."""
+    return record.get("extra", {}).get("missing_modalities") == "fill"
+
+
+def item_of(rec: Record, frames: FrameOptions, fill_missing: bool = False) -> dict[str, Any]:
+    """A dataset item exactly as ``CachedDataset`` builds it (``present`` and the placeholders of
+    ``fill_missing`` included), also for a record without frames."""
+    from emolib.data.dataset import FILL_AUDIO_SAMPLES, resize_faces, select_frames
+    from emolib.data.prepare import record_modalities
 
     keep = select_frames(len(rec.faces), frames.max_frames, frames.select)
     faces = torch.from_numpy(np.ascontiguousarray(rec.faces[keep])).permute(0, 3, 1, 2).contiguous()
     if frames.face_size is not None and faces.shape[-1] != frames.face_size:
         faces = (resize_faces(faces, frames.face_size) if len(faces)
                  else faces.new_zeros((0, 3, frames.face_size, frames.face_size)))
-    return {"uid": rec.uid, "faces": faces, "face_conf": torch.from_numpy(rec.face_conf[keep]),
+    item = {"uid": rec.uid, "faces": faces, "face_conf": torch.from_numpy(rec.face_conf[keep]),
             "face_boxes": torch.from_numpy(rec.face_boxes[keep]), "audio": torch.from_numpy(rec.audio_float()),
             "text": rec.meta["text"], "labels": torch.from_numpy(rec.labels)}
+    present = record_modalities(rec.meta)
+    item["present"] = torch.tensor([m in present for m in DATASET_MODALITIES])
+    if fill_missing:
+        if "visual" not in present:
+            side = faces.shape[-1]
+            item.update(faces=torch.zeros(1, 3, side, side, dtype=torch.uint8), face_conf=torch.zeros(1),
+                        face_boxes=torch.full((1, 4), float("nan")))
+        if "audio" not in present:
+            item["audio"] = torch.zeros(FILL_AUDIO_SAMPLES)
+    return item
 
 
 def batch_of(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -217,12 +248,12 @@ def batch_of(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 @torch.no_grad()
 def predict_records(model: torch.nn.Module, records: Sequence[Record], frames: FrameOptions, *,
-                    batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+                    batch_size: int = 8, fill_missing: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Logits ("logits" head, float32) and labels of ``records``, in order, as the trainer's ``predict``."""
     model.eval()
     outs, labs = [], []
     for start in range(0, len(records), batch_size):
-        batch = batch_of([item_of(r, frames) for r in records[start:start + batch_size]])
+        batch = batch_of([item_of(r, frames, fill_missing) for r in records[start:start + batch_size]])
         outs.append(model(batch)["logits"].float().cpu())
         labs.append(batch["labels"].float())
     return torch.cat(outs).numpy(), torch.cat(labs).numpy()
@@ -270,15 +301,14 @@ def evaluate_run(run: Run, conds: Sequence[Condition] | None = None, *, device: 
     from emolib.predict import load_checkpoint
 
     conds = list(conds) if conds is not None else conditions()
-    if CLEAN not in conds:
-        conds = [CLEAN, *conds]
+    conds = [CLEAN, *(c for c in conds if c != CLEAN)]  # first: the others may reuse its outputs
     rec = run.record
     loaded = load_checkpoint(run.checkpoint, record=rec, device=device, fuse=False)
     model = loaded.model
     train = rec["params"]["train"]
     bs = int(batch_size or train.get("eval_batch_size") or train.get("batch_size") or 8)
     if records is None:
-        records = test_records(Cache(resolve_cache(rec, cache_search)))
+        records = split_records(Cache(resolve_cache(rec, cache_search)), "test", rec)
     reads = model_modalities(model)
     base = {"run": run.name, "model": rec["model"], "variant": rec.get("variant", "default"),
             "dataset": rec["dataset"], "adapter": rec.get("dataset_adapter"),
@@ -296,7 +326,7 @@ def evaluate_run(run: Run, conds: Sequence[Condition] | None = None, *, device: 
             outputs, labels = clean_out
         else:
             outputs, labels = predict_records(model, [cond.apply(r, seed) for r in records], loaded.frames,
-                                              batch_size=bs)
+                                              batch_size=bs, fill_missing=fills_missing(rec))
         if cond == CLEAN:
             clean_out = (outputs, labels)
         scores = score(rec, outputs, labels)
@@ -313,15 +343,18 @@ def evaluate_run(run: Run, conds: Sequence[Condition] | None = None, *, device: 
 def evaluate_runs(runs: Sequence[Run], conds: Sequence[Condition] | None = None, *, device: str | None = "cpu",
                   seed: int = 0, cache_search: Sequence[str | Path] = (), progress: bool = True):
     """``evaluate_run`` for every run (test records loaded once per cache) as one DataFrame."""
+    import json
+
     import pandas as pd
 
-    loaded: dict[Path, list[Record]] = {}
+    loaded: dict[tuple[Path, str], list[Record]] = {}
     rows = []
     for run in runs:
         cache_dir = resolve_cache(run.record, cache_search).resolve()
-        if cache_dir not in loaded:
-            loaded[cache_dir] = test_records(Cache(cache_dir))
-        rows += evaluate_run(run, conds, device=device, seed=seed, records=loaded[cache_dir], progress=progress)
+        key = (cache_dir, json.dumps(run.record.get("extra", {}).get("split") or {}, sort_keys=True))
+        if key not in loaded:
+            loaded[key] = split_records(Cache(cache_dir), "test", run.record)
+        rows += evaluate_run(run, conds, device=device, seed=seed, records=loaded[key], progress=progress)
     return pd.DataFrame(rows)
 
 
