@@ -71,6 +71,7 @@ from torch import nn
 from emolib.data.cache import Record
 from emolib.data.dataset import FrameOptions, collate, resize_faces, select_frames
 from emolib.data.prepare import PrepareParams, Skip, UtteranceSource
+from emolib.labels import check_task
 
 Segment = tuple[float, float | None]
 
@@ -400,8 +401,7 @@ class FV2ESPipeline:
                  device: str | torch.device | None = None, batch_size: int = 8) -> None:
         from emolib.data.prepare import make_cropper
 
-        if task not in ("multilabel", "regression"):
-            raise ValueError(f"task must be 'multilabel' or 'regression', got {task!r}")
+        check_task(task)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.device = torch.device(device) if device is not None else torch.device(
@@ -541,7 +541,8 @@ def format_predictions(pred: Predictions) -> str:
                         *([r["utterance_id"]] if r.get("utterance_id") else []),
                         *([f"[{r['side']}]"] if r.get("side") else [])])
               for r in pred.rows]
-    kind = "probabilities" if pred.task == "multilabel" else "scores in [-1, 1]"
+    kind = {"multilabel": "probabilities (sigmoid per class)", "multiclass": "probabilities (softmax over the classes)",
+            "regression": "scores in [-1, 1]"}[pred.task]
     parts = [f"per-utterance {kind}:", format_table(pred.scores, pred.class_names, labels)]
     videos = pred.per_video()
     parts += ["", "per-video mean:",
@@ -556,6 +557,9 @@ def _read_transcripts(value: Any) -> Any:
     values = [value] if isinstance(value, str) else list(value)
     out = []
     for v in values:
+        if not isinstance(v, str):  # already one transcript per segment (--inputs CSV)
+            out.append(list(v))
+            continue
         path = Path(v)
         if len(v) < 4096 and path.is_file():
             lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]

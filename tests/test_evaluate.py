@@ -236,7 +236,8 @@ def test_parameter_counts() -> None:
 
 
 def test_spec_checks_skip_what_was_not_measured() -> None:
-    rows = {"fe2e": {"paper": {"params": {"total": 36_800_000}}},
+    # the spec's totals count ALBERT's pooler, which emolib does not build: 36.8 M - 0.59 M
+    rows = {"fe2e": {"paper": {"params": {"total": 36_191_893}}},
             "fv2es": {"paper": {"params": {"total": 90_000_000}}}}
     checks = {c["what"].split()[0]: c for c in E.spec_checks(rows)}
     assert checks["fe2e"]["ok"] is True and checks["fv2es"]["ok"] is False

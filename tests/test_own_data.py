@@ -279,6 +279,29 @@ def test_predict_inputs_csv(tmp_path) -> None:
         read_inputs_csv(_write(tmp_path / "bad.csv", ["video,segments", "a.mp4,abc"]))
 
 
+
+def test_predict_inputs_csv_on_an_own_multiclass_checkpoint(own_csvs, own_caches, tmp_path) -> None:
+    """``emolib predict --inputs`` end to end: one transcript per segment, softmax scores over the own classes."""
+    import csv
+
+    from emolib.experiment import Experiment, run_experiment
+    from emolib.predict import predict_cli
+
+    exp = Experiment(profile="p", model="fe2e", config="tiny", cache_dir=own_caches["av_text"],
+                     train={"epochs": 1, "batch_size": 4, "progress": False}, results_root=tmp_path)
+    (rec,) = run_experiment(exp, [0])
+    (checkpoint,) = (tmp_path / "p" / "checkpoints").rglob("best.pt")
+    rows = list(csv.DictReader(own_csvs["av_text"].open(encoding="utf-8")))[:2]
+    lines = ["video,transcript,segments"] + [f"{own_csvs['av_text'].parent / r['video']},{r['text'].replace(',', ' ')},0:1"
+                                             for r in rows]
+    out = predict_cli({"inputs": str(_write(tmp_path / "clips.csv", lines)), "checkpoint": str(checkpoint),
+                       "device": "cpu"})
+    assert out.splitlines()[0] == "per-utterance probabilities (softmax over the classes):"
+    table = [ln.split() for ln in out.splitlines()[1:]]
+    assert table[0] == ["utterance", *rec["class_names"]]
+    scores = [[float(x) for x in row[-len(rec["class_names"]):]] for row in table[1:3]]
+    assert all(abs(sum(row) - 1) < 2e-3 for row in scores)  # softmax over the classes (3-decimal print)
+
 # --- notebooks on own data --------------------------------------------------------------------------------
 
 OWN_PROFILE = """
