@@ -292,8 +292,8 @@ def test_predict_inputs_csv_on_an_own_multiclass_checkpoint(own_csvs, own_caches
     (rec,) = run_experiment(exp, [0])
     (checkpoint,) = (tmp_path / "p" / "checkpoints").rglob("best.pt")
     rows = list(csv.DictReader(own_csvs["av_text"].open(encoding="utf-8")))[:2]
-    lines = ["video,transcript,segments"] + [f"{own_csvs['av_text'].parent / r['video']},{r['text'].replace(',', ' ')},0:1"
-                                             for r in rows]
+    folder = own_csvs["av_text"].parent
+    lines = ["video,transcript,segments"] + [f"{folder / r['video']},{r['text'].replace(',', ' ')},0:1" for r in rows]
     out = predict_cli({"inputs": str(_write(tmp_path / "clips.csv", lines)), "checkpoint": str(checkpoint),
                        "device": "cpu"})
     assert out.splitlines()[0] == "per-utterance probabilities (softmax over the classes):"
@@ -338,3 +338,54 @@ def test_notebooks_on_an_own_data_cache(tmp_path) -> None:
     table = (results / "tables" / "own-av_multiclass.md").read_text()
     assert "| WA | UA | F1 | citation |" in table and "own data (own-av)" in table
     assert (results / "figures" / "confusion_multiclass.png").is_file()
+
+
+# --- params/own.yaml's claims -----------------------------------------------------------------------------
+
+def _own_profile_runs(step: str) -> dict[str, dict]:
+    from emolib.pipeline.profile import load_profile
+
+    runs = load_profile("own", ROOT).runs
+    return {r.key.split(":", 1)[1]: r.parameters for r in runs if r.key.startswith(step + ":")}
+
+
+@pytest.fixture(scope="session")
+def own_profile_caches(synthetic_release, tmp_path_factory) -> dict[str, Path]:
+    """own_name -> cache, built exactly as params/own.yaml's data runs build them (smoke-size IEMOCAP re-export)."""
+    from emolib.data.synthetic.own_export import export_own
+
+    caches = {}
+    for p in _own_profile_runs("data").values():
+        root = synthetic_release("iemocap", p["synth_size"], p["synth_seed"])
+        csv_path = export_own(root, tmp_path_factory.mktemp("own_export"), mixes=(p["own_mix"],))[p["own_mix"]]
+        params = PrepareParams(face_size=p["face_size"], img_interval=p["img_interval"])
+        out = tmp_path_factory.mktemp("own_profile") / p["own_name"]
+        report = get_adapter("own").prepare(csv_path, out, params=params, progress=False, name=p["own_name"])
+        assert report.complete and not report.skipped, report.summary()
+        caches[p["own_name"]] = out
+    return caches
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+@pytest.mark.parametrize("run_id", sorted(_own_profile_runs("baselines")))
+def test_own_profile_baselines_beat_chance(run_id, own_profile_caches, tmp_path) -> None:
+    """Each baseline of params/own.yaml, with exactly its parameters, closes a quarter of the gap between the best
+    constant predictor and the generator's bound for its modality (as tests/test_integration_baselines.py); WA of
+    the multiclass protocol is the argmax accuracy those bounds are stated in. About 15 minutes for all runs."""
+    from emolib.data import synthetic
+    from emolib.experiment import run_experiment
+    from emolib.recipes.baselines import unimodal_experiment
+
+    params = {k: v for k, v in _own_profile_runs("baselines")[run_id].items() if k not in ("seeds", "profile")}
+    params.update(profile="owntest", cache_dir=str(own_profile_caches[params["dataset"]]), results_root=tmp_path,
+                  progress=False)
+    (record,) = run_experiment(unimodal_experiment(**params), [0], resume=False)
+    chance = synthetic.chance_accuracy("iemocap")
+    bar = chance + 0.25 * (synthetic.cue_accuracy("iemocap", [params["modality"]]) - chance)
+    test = record["metrics"]["multiclass"]["test"]["average"]
+    assert record["protocol"] == "multiclass" and test["wa"] >= bar, (run_id, test, bar)
+    # a constant predictor has UA = 1/C and macro-F1 below 1/C
+    n_classes = len(record["class_names"])
+    assert test["ua"] > 1 / n_classes and test["f1"] > 1 / n_classes, test
+
