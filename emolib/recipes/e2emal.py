@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -117,6 +118,36 @@ def e2emal_train_config(*, epochs: int = 20, batch_size: int = 32, lr: float = 1
 
 E2EMAL_FRAMES: dict[str, Any] = {"face_size": None, "max_frames": None}
 """FrameOptions for E2EMAL runs: every cached frame at its cached size (the model selects and re-crops)."""
+
+VARIANTS = ("adaptive", "fused-only")
+
+
+def e2emal_experiment(*, profile: str, dataset: str, variant: str = "adaptive", model_config: str = "tiny",
+                      epochs: int = 20, batch_size: int = 32, lr: float = 1e-3, min_lr: float = 1e-4,
+                      warmup_epochs: float = 5, cosine_epochs: float = 15, lam: float = 0.5,
+                      max_steps_per_epoch: int = 0, swa_start_epoch: float = 0, swa_period_steps: int = 15,
+                      audio_mode: str = "chunk-mean", chunk_pad_quirk: bool = False, glove_path: str = "",
+                      text_model: str = "minilm", device: str = "auto", cache_dir: str | Path = "",
+                      adapter: str = "", task: str = "multilabel", results_root: str | Path = "results",
+                      progress: bool = True) -> Experiment:
+    """Notebook 04's run of one ``variant`` ("adaptive": the paper's adaptive loss; "fused-only": the CMU-MOSEI
+    config) from its parameters (0 / "" mean "off" / "default"), so that the notebook and the tests that check a
+    profile's claims build the same experiment. ``adapter`` / ``task``: the cache's dataset adapter (default
+    ``dataset``) and task, which choose the loss parameters (:func:`e2emal_loss_params`)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    overrides = {"text_vectors": "glove" if glove_path else "token-embeddings", "glove_path": glove_path or None,
+                 "text_model": text_model, "audio_mode": audio_mode, "chunk_pad_quirk": chunk_pad_quirk}
+    train = e2emal_train_config(
+        epochs=epochs, batch_size=batch_size, lr=lr, min_lr=min_lr, warmup_epochs=warmup_epochs,
+        cosine_epochs=cosine_epochs, swa_start_epoch=swa_start_epoch or None, swa_period_steps=swa_period_steps,
+        max_steps_per_epoch=max_steps_per_epoch or None, device=device, progress=progress)
+    return Experiment(
+        profile=profile, model="e2emal", config=model_config, model_overrides=overrides,
+        cache_dir=cache_dir or Path(results_root) / profile / "cache" / dataset, results_root=results_root,
+        loss="adaptive", loss_params=e2emal_loss_params(adapter or dataset, task=task, adaptive=variant == "adaptive",
+                                                        lam=lam),
+        train=train, frames=E2EMAL_FRAMES, variant=variant)
 
 E2EMAL_PREPARE: dict[str, Any] = {"min_face_conf": MIN_FACE_CONF}
 """PrepareParams overrides for a cache E2EMAL trains on (``adapter.prepare_params("emolib", **E2EMAL_PREPARE)``):

@@ -1,0 +1,60 @@
+"""E2EMAL learns on the synthetic CMU-MOSEI release: it beats the best constant predictor by a margin derived from
+the generator's design (issue 18: both E2EMAL rows of the smoke tables were exactly 50.0, a constant predictor).
+
+As in tests/test_integration_baselines.py: ``synthetic.chance_accuracy`` is the score C of the best constant
+predictor (0.5 weighted accuracy), ``synthetic.cue_accuracy`` the score U of the best rule that sees exactly which
+expression every modality E2EMAL reads (audio, visual, text) shows. The run must close a quarter of the gap:
+score >= C + 0.25 (U - C), score = the mean weighted accuracy of the dai-mosei protocol on test (thresholds chosen
+on valid, the table's protocol) at the epoch the recipe selects. The run uses the parameters params/smoke.yaml
+gives notebook 04 (step ``adaptive-loss``), on the smoke-size release prepared as the profile's notebook 01 does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from emolib.data import synthetic
+from emolib.experiment import load_splits, run_experiment
+from emolib.pipeline.profile import load_profile
+from emolib.recipes.e2emal import E2EMAL_FRAMES, FrameOptions, e2emal_experiment
+
+GAP_FRACTION = 0.25
+ROOT = Path(__file__).resolve().parents[1]
+MODALITIES = ("audio", "visual", "text")
+
+# The smoke schedule of step ``adaptive-loss`` that lets the tiny E2EMAL leave the constant predictor (issue 18).
+# With the profile's former 3 epochs x 4 steps (12 optimiser steps, 4 of them warm-up) every head still gives
+# every clip the same probability (std < 0.005) and both rows score 0.5. These values are laid over the profile's
+# parameters until params/smoke.yaml carries them; once it does, they are a no-op and can be deleted.
+PROPOSED_SMOKE_SCHEDULE: dict = {}
+
+# Slow (see the report in the module docstring's issue): runs with `make test-all`, not in the default suite.
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _profile_parameters() -> dict:
+    run = next(r for r in load_profile("smoke", ROOT).runs if r.key == "adaptive-loss")
+    params = {k: v for k, v in run.parameters.items() if k not in ("seeds", "profile")}
+    params.update(PROPOSED_SMOKE_SCHEDULE)
+    return params
+
+
+@pytest.mark.parametrize("variant", ["adaptive"])
+def test_e2emal_beats_constant_predictor(variant, smoke_caches, tmp_path) -> None:
+    chance = synthetic.chance_accuracy("mosei")
+    bound = synthetic.cue_accuracy("mosei", MODALITIES)
+    bar = chance + GAP_FRACTION * (bound - chance)
+    params = _profile_parameters()
+    assert params["dataset"] == "mosei"
+    cache = smoke_caches["mosei"]
+    data = load_splits(cache, FrameOptions(**E2EMAL_FRAMES))
+    exp = e2emal_experiment(**params, variant=variant, profile="itest", cache_dir=str(cache), results_root=tmp_path,
+                            progress=False)
+    record = run_experiment(exp, [0], data=data)[0]
+    score = record["metrics"]["dai-mosei"]["test"]["average"]["wacc"]
+    assert np.isfinite(score)
+    assert score >= bar, (f"E2EMAL ({variant}) on synthetic mosei: {score:.3f} < {bar:.3f} (chance {chance:.3f}, "
+                          f"design bound {bound:.3f}; best epoch {record['best_epoch']})")
