@@ -47,6 +47,7 @@ lab: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m emolib.bench
+	$(BIN)/python -m emolib.evaluate efficiency
 
 list: $(STAMP)
 	@$(BIN)/emolib list -v
