@@ -141,13 +141,14 @@ def e2emal_experiment(*, profile: str, dataset: str, variant: str = "adaptive", 
     train = e2emal_train_config(
         epochs=epochs, batch_size=batch_size, lr=lr, min_lr=min_lr, warmup_epochs=warmup_epochs,
         cosine_epochs=cosine_epochs, swa_start_epoch=swa_start_epoch or None, swa_period_steps=swa_period_steps,
-        max_steps_per_epoch=max_steps_per_epoch or None, device=device, progress=progress)
+        max_steps_per_epoch=max_steps_per_epoch or None, device=device, **({} if progress else {"progress": False}))
     return Experiment(
         profile=profile, model="e2emal", config=model_config, model_overrides=overrides,
         cache_dir=cache_dir or Path(results_root) / profile / "cache" / dataset, results_root=results_root,
         loss="adaptive", loss_params=e2emal_loss_params(adapter or dataset, task=task, adaptive=variant == "adaptive",
                                                         lam=lam),
         train=train, frames=E2EMAL_FRAMES, variant=variant)
+
 
 E2EMAL_PREPARE: dict[str, Any] = {"min_face_conf": MIN_FACE_CONF}
 """PrepareParams overrides for a cache E2EMAL trains on (``adapter.prepare_params("emolib", **E2EMAL_PREPARE)``):
