@@ -47,7 +47,8 @@ def format_cell(mean: float | None, std: float | None, n: int, scale: float) -> 
 
 
 def metric_label(metric: str) -> str:
-    return "Corr" if metric == "corr" else metric.upper()
+    # abbreviations in capitals (ACC, WACC, F1, WA, UA, MAE), words capitalised
+    return {"corr": "Corr", "recall": "Recall", "precision": "Precision"}.get(metric, metric.upper())
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
