@@ -69,7 +69,7 @@ import torch
 from torch import nn
 
 from emolib.data.cache import Record
-from emolib.data.dataset import FrameOptions, collate, resize_faces, select_frames
+from emolib.data.dataset import FrameOptions, collate, record_item
 from emolib.data.prepare import PrepareParams, Skip, UtteranceSource
 from emolib.labels import check_task
 
@@ -372,19 +372,7 @@ def sources_of(requests: Sequence[VideoRequest], num_outputs: int) -> list[Utter
 
 def item_from_record(rec: Record, frames: FrameOptions) -> dict[str, Any]:
     """A dataset item (``collate``'s input) from a cache-format record, selected as ``CachedDataset`` does."""
-    keep = select_frames(len(rec.faces), frames.max_frames, frames.select)
-    faces = torch.from_numpy(np.ascontiguousarray(rec.faces[keep])).permute(0, 3, 1, 2).contiguous()
-    if frames.face_size is not None and faces.shape[-1] != frames.face_size:
-        faces = resize_faces(faces, frames.face_size)
-    return {
-        "uid": rec.uid,
-        "faces": faces,
-        "face_conf": torch.from_numpy(rec.face_conf[keep]),
-        "face_boxes": torch.from_numpy(rec.face_boxes[keep]),
-        "audio": torch.from_numpy(rec.audio_float()),
-        "text": rec.meta["text"],
-        "labels": torch.from_numpy(rec.labels),
-    }
+    return record_item(rec, frames)
 
 
 class FV2ESPipeline:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from emolib.data.cache import Cache
+from emolib.data.cache import Cache, Record
 from emolib.data.prepare import record_modalities
 
 MODALITIES = ("visual", "audio", "text")  # the order of an item's ``present`` flags
@@ -93,30 +93,31 @@ class CachedDataset(Dataset):
         return self._items[i] if self._items is not None else self._make_item(self.uids[i])
 
     def _make_item(self, uid: str) -> dict[str, Any]:
-        rec = self.cache.load(uid)
-        keep = select_frames(len(rec.faces), self.frames.max_frames, self.frames.select)
-        faces = torch.from_numpy(rec.faces[keep]).permute(0, 3, 1, 2).contiguous()
-        if self.frames.face_size is not None and faces.shape[-1] != self.frames.face_size:
-            faces = resize_faces(faces, self.frames.face_size)
-        item = {
-            "uid": uid,
-            "faces": faces,
-            "face_conf": torch.from_numpy(rec.face_conf[keep]),
-            "face_boxes": torch.from_numpy(rec.face_boxes[keep]),
-            "audio": torch.from_numpy(rec.audio_float()),
-            "text": rec.meta["text"],
-            "labels": torch.from_numpy(rec.labels),
-        }
-        present = record_modalities(rec.meta)
-        item["present"] = torch.tensor([m in present for m in MODALITIES])
-        if self.fill_missing:
-            if "visual" not in present:
-                side = faces.shape[-1]
-                item.update(faces=torch.zeros(1, 3, side, side, dtype=torch.uint8), face_conf=torch.zeros(1),
-                            face_boxes=torch.full((1, 4), float("nan")))
-            if "audio" not in present:
-                item["audio"] = torch.zeros(FILL_AUDIO_SAMPLES)
-        return item
+        return record_item(self.cache.load(uid), self.frames, self.fill_missing)
+
+
+def record_item(rec: Record, frames: FrameOptions, fill_missing: bool = False) -> dict[str, Any]:
+    """A dataset item (``collate``'s input) from a cache-format record: frames selected and resized as
+    ``frames`` says, ``present`` flags, and with ``fill_missing`` placeholders for a missing face track or audio.
+    Also serves records without frames (robustness conditions, raw-video prediction)."""
+    keep = select_frames(len(rec.faces), frames.max_frames, frames.select)
+    faces = torch.from_numpy(np.ascontiguousarray(rec.faces[keep])).permute(0, 3, 1, 2).contiguous()
+    if frames.face_size is not None and faces.shape[-1] != frames.face_size:
+        faces = (resize_faces(faces, frames.face_size) if len(faces)
+                 else faces.new_zeros((0, 3, frames.face_size, frames.face_size)))
+    item = {"uid": rec.uid, "faces": faces, "face_conf": torch.from_numpy(rec.face_conf[keep]),
+            "face_boxes": torch.from_numpy(rec.face_boxes[keep]), "audio": torch.from_numpy(rec.audio_float()),
+            "text": rec.meta["text"], "labels": torch.from_numpy(rec.labels)}
+    present = record_modalities(rec.meta)
+    item["present"] = torch.tensor([m in present for m in MODALITIES])
+    if fill_missing:
+        if "visual" not in present:
+            side = faces.shape[-1]
+            item.update(faces=torch.zeros(1, 3, side, side, dtype=torch.uint8), face_conf=torch.zeros(1),
+                        face_boxes=torch.full((1, 4), float("nan")))
+        if "audio" not in present:
+            item["audio"] = torch.zeros(FILL_AUDIO_SAMPLES)
+    return item
 
 
 def select_frames(n: int, max_frames: int | None, mode: str) -> np.ndarray:

@@ -17,7 +17,7 @@ Files (under ``results/<profile>/``):
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +97,34 @@ def table_stem(frame: pd.DataFrame, dataset: str) -> str:
     return str(adapter.iloc[0]) if len(adapter) else dataset
 
 
+def _run_rows(part: pd.DataFrame, dataset: str, cells: Callable[[pd.DataFrame], dict[str, str]]) -> list[dict]:
+    """One row per run of ``part``: model, data, seed, the clean score, then ``cells`` of the run's conditions."""
+    rows = []
+    for run, r in part.groupby("run", sort=False):
+        rows.append({"model": run, "data": dataset, "seed": int(r["seed"].iloc[0]),
+                     "clean": _fmt(r.loc[r["condition"] == "clean", "value"].iloc[0]), **cells(r)})
+    return rows
+
+
+def _corruption_cells(r: pd.DataFrame) -> dict[str, str]:
+    """Each corruption's "s1 / s2 / s3" (or NOT_READ when the model does not read that input)."""
+    cells = {}
+    for name in CORRUPTIONS:
+        c = r[r["condition"] == name].sort_values("severity")
+        if len(c):
+            cells[name] = NOT_READ if c["reused_clean"].all() else " / ".join(_fmt(v) for v in c["value"])
+    return cells
+
+
+def _missing_cells(r: pd.DataFrame) -> dict[str, str]:
+    cells = {}
+    for name in MISSING:
+        c = r[r["condition"] == name]
+        if len(c):
+            cells[name] = NOT_READ if bool(c["reused_clean"].iloc[0]) else _fmt(c["value"].iloc[0])
+    return cells
+
+
 def robustness_tables(frame: pd.DataFrame) -> list[ReportTable]:
     """Per dataset: runs x (clean, each corruption's "s1 / s2 / s3") in the headline metric."""
     s = scored(frame)
@@ -104,16 +132,7 @@ def robustness_tables(frame: pd.DataFrame) -> list[ReportTable]:
     for dataset in s["dataset"].unique():
         part = s[s["dataset"] == dataset]
         protocol = part["protocol"].iloc[0]
-        rows = []
-        for run, r in part.groupby("run", sort=False):
-            row = {"model": run, "data": dataset, "seed": int(r["seed"].iloc[0]),
-                   "clean": _fmt(r.loc[r["condition"] == "clean", "value"].iloc[0])}
-            for name in CORRUPTIONS:
-                c = r[r["condition"] == name].sort_values("severity")
-                if not len(c):
-                    continue
-                row[name] = NOT_READ if c["reused_clean"].all() else " / ".join(_fmt(v) for v in c["value"])
-            rows.append(row)
+        rows = _run_rows(part, dataset, _corruption_cells)
         sevs = _severities(part)
         levels = "; ".join(f"{n}: {', '.join(c.label(k) for k in sevs)}" for n, c in CORRUPTIONS.items()
                            if n in part["condition"].values)
@@ -142,15 +161,7 @@ def missing_tables(frame: pd.DataFrame) -> list[ReportTable]:
     for dataset in s["dataset"].unique():
         part = s[s["dataset"] == dataset]
         protocol = part["protocol"].iloc[0]
-        rows = []
-        for run, r in part.groupby("run", sort=False):
-            row = {"model": run, "data": dataset, "seed": int(r["seed"].iloc[0]),
-                   "clean": _fmt(r.loc[r["condition"] == "clean", "value"].iloc[0])}
-            for name in MISSING:
-                c = r[r["condition"] == name]
-                if len(c):
-                    row[name] = NOT_READ if bool(c["reused_clean"].iloc[0]) else _fmt(c["value"].iloc[0])
-            rows.append(row)
+        rows = _run_rows(part, dataset, _missing_cells)
         metric = metric_label(headline_key(protocol))
         caption = (f"{dataset}: test {metric} (x100, protocol {protocol}) with modalities removed"
                    f" (-audio: no audio, -audio-text: neither audio nor text, ...); {NOT_READ}: the model "

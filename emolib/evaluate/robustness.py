@@ -32,8 +32,7 @@ import numpy as np
 import torch
 
 from emolib.data.cache import Cache, Record
-from emolib.data.dataset import MODALITIES as DATASET_MODALITIES
-from emolib.data.dataset import FrameOptions, collate
+from emolib.data.dataset import FrameOptions, collate, record_item
 from emolib.evaluate.corruptions import (
     CORRUPTIONS,
     MODALITIES,
@@ -213,29 +212,8 @@ def fills_missing(record: Mapping[str, Any]) -> bool:
 
 
 def item_of(rec: Record, frames: FrameOptions, fill_missing: bool = False) -> dict[str, Any]:
-    """A dataset item exactly as ``CachedDataset`` builds it (``present`` and the placeholders of
-    ``fill_missing`` included), also for a record without frames."""
-    from emolib.data.dataset import FILL_AUDIO_SAMPLES, resize_faces, select_frames
-    from emolib.data.prepare import record_modalities
-
-    keep = select_frames(len(rec.faces), frames.max_frames, frames.select)
-    faces = torch.from_numpy(np.ascontiguousarray(rec.faces[keep])).permute(0, 3, 1, 2).contiguous()
-    if frames.face_size is not None and faces.shape[-1] != frames.face_size:
-        faces = (resize_faces(faces, frames.face_size) if len(faces)
-                 else faces.new_zeros((0, 3, frames.face_size, frames.face_size)))
-    item = {"uid": rec.uid, "faces": faces, "face_conf": torch.from_numpy(rec.face_conf[keep]),
-            "face_boxes": torch.from_numpy(rec.face_boxes[keep]), "audio": torch.from_numpy(rec.audio_float()),
-            "text": rec.meta["text"], "labels": torch.from_numpy(rec.labels)}
-    present = record_modalities(rec.meta)
-    item["present"] = torch.tensor([m in present for m in DATASET_MODALITIES])
-    if fill_missing:
-        if "visual" not in present:
-            side = faces.shape[-1]
-            item.update(faces=torch.zeros(1, 3, side, side, dtype=torch.uint8), face_conf=torch.zeros(1),
-                        face_boxes=torch.full((1, 4), float("nan")))
-        if "audio" not in present:
-            item["audio"] = torch.zeros(FILL_AUDIO_SAMPLES)
-    return item
+    """A dataset item exactly as ``CachedDataset`` builds it (``emolib.data.dataset.record_item``)."""
+    return record_item(rec, frames, fill_missing)
 
 
 def batch_of(items: list[dict[str, Any]]) -> dict[str, Any]:
