@@ -312,6 +312,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record", help="run record JSON, if not found next to the checkpoint")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--profile", action="store_true",
+                   help="also print the seconds of every stage (decode, faces, audio read, each model part)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the branch backbones (same scores; pays off only over many clips)")
+    p.add_argument("--bf16", action="store_true",
+                   help="lossy: bfloat16 autocast (CUDA, or a CPU with AVX512-BF16 / AMX); see the README's Measured")
+    p.add_argument("--int8", action="store_true",
+                   help="lossy, CPU: dynamic int8 quantisation of the Linear layers; see the README's Measured")
+    p.add_argument("--min-face-size", type=int, metavar="PX",
+                   help="lossy: MTCNN's smallest face in pixels (training used 20); larger skips the costliest "
+                        "pyramid levels, for clips whose faces are known to be large")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("train", help="train one experiment (YAML/JSON file or flags); several processes with "

@@ -57,8 +57,10 @@ Differences from the reference inference code (``FV2ES/V2EM_prediction``: ``main
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +74,8 @@ from emolib.data.cache import Record
 from emolib.data.dataset import FrameOptions, collate, record_item
 from emolib.data.prepare import PrepareParams, Skip, UtteranceSource
 from emolib.labels import check_task
+from emolib.models.blocks import SequenceBranch
+from emolib.timing import StageTimer
 
 Segment = tuple[float, float | None]
 
@@ -340,6 +344,7 @@ class Predictions:
     task: str
     scores: np.ndarray
     rows: list[dict[str, Any]] = field(default_factory=list)
+    timing: StageTimer | None = None  # per-stage seconds when predicted with profile=True
 
     def per_video(self) -> dict[str, np.ndarray]:
         """FV2ES's video-level output: the mean score of all utterances of each video."""
@@ -375,6 +380,137 @@ def item_from_record(rec: Record, frames: FrameOptions) -> dict[str, Any]:
     return record_item(rec, frames)
 
 
+def _untimed(_name: str) -> contextlib.nullcontext:
+    return contextlib.nullcontext()
+
+
+def model_stages(model: nn.Module) -> dict[str, nn.Module]:
+    """The parts of a model a profile times: every direct child (branches, heads, fusion) and, inside a sequence
+    branch, its input preparation (face normalisation / mel pieces), backbone (CNN / NesT), flatten MLP and CLS
+    transformer; inside a text encoder, the transformer (the rest of ``text_encoder`` is tokenisation)."""
+    out: dict[str, nn.Module] = {}
+    for name, child in model.named_children():
+        out[name] = child
+        if isinstance(child, SequenceBranch):
+            for part in ("prep", "backbone", "flatten", "transformer"):
+                out[f"{name}.{part}"] = getattr(child, part)
+        elif isinstance(getattr(child, "model", None), nn.Module) and callable(getattr(child, "tokenize", None)):
+            out[f"{name}.model"] = child.model
+    return out
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """How ``FV2ESPipeline`` runs its model. Measured in ``results/bench/inference.json`` (``python -m emolib.bench
+    inference``).
+
+    Lossless (the scores equal the plain eval-mode model's up to float rounding; ``tests/test_predict.py``):
+
+    * ``inference_mode``: ``torch.inference_mode`` instead of ``no_grad`` (no version counters, no views kept);
+    * ``overlap``: decoding and face detection of the next chunk run in a worker thread while the model scores the
+      current batch. ``None`` (default): on when torch uses more than one thread, since with one thread the worker
+      would only add a second busy core to a single-threaded run;
+    * ``compile``: ``torch.compile`` on every branch backbone (CNNs, NesT). Off by default: compiling takes about
+      80 s on a CPU before the first clip, which costs more than it saves on a handful of clips.
+
+    Lossy, off by default (their effect on the scores is measured by the benchmark):
+
+    * ``bf16``: bfloat16 autocast (CUDA, or a CPU with AVX512-BF16 / AMX);
+    * ``int8``: dynamic int8 quantisation of every Linear layer (CPU only);
+    * ``min_face_size``: MTCNN's smallest face in pixels (training caches use 20). A larger value drops the finest
+      levels of MTCNN's image pyramid, which cost the most; faces smaller than it are missed. For clips where the
+      faces are known to be large.
+    """
+
+    inference_mode: bool = True
+    overlap: bool | None = None
+    compile: bool = False
+    bf16: bool = False
+    int8: bool = False
+    min_face_size: int | None = None
+
+    @classmethod
+    def legacy(cls) -> InferenceOptions:
+        """How ``predict`` ran before these options existed (the benchmark's reference row)."""
+        return cls(inference_mode=False, overlap=False)
+
+    @property
+    def lossy(self) -> bool:
+        return self.bf16 or self.int8 or self.min_face_size is not None
+
+    def overlaps(self) -> bool:
+        return self.overlap if self.overlap is not None else torch.get_num_threads() > 1
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether bfloat16 matrix products run natively on ``device`` (else autocast would emulate them slowly)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def quantize_linear_int8(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with its Linear layers dynamically quantised to int8 (weights int8, activations
+    quantised per batch). The feed-forward Linears of ``nn.TransformerEncoderLayer`` stay float: the layer's
+    fast-path check reads ``linear1.weight`` as a tensor, which a quantised Linear does not have."""
+    inside_torch_layers = {f"{name}.{child}" if name else child
+                           for name, module in model.named_modules() if isinstance(module, nn.TransformerEncoderLayer)
+                           for child, _ in module.named_children()}
+    names = {name for name, module in model.named_modules()
+             if type(module) is nn.Linear and name not in inside_torch_layers}
+    spec = {name: torch.ao.quantization.default_dynamic_qconfig for name in names}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.ao.quantization is deprecated.*")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        return torch.ao.quantization.quantize_dynamic(model, spec, dtype=torch.qint8)
+
+
+def _prefetched(items: Iterator[Any], depth: int) -> Iterator[Any]:
+    """``items`` produced by a worker thread up to ``depth`` ahead; its exceptions are raised here, in order. The
+    worker stops when the consumer stops early (an exception in the model, a closed generator)."""
+    import queue
+    import threading
+
+    done = object()
+    buffer: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                buffer.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in items:
+                if not put((None, item)):
+                    return
+        except Exception as err:  # noqa: BLE001  (handed to the consumer, which raises it)
+            put((err, None))
+        put((None, done))
+
+    worker = threading.Thread(target=work, name="emolib-predict-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            err, item = buffer.get()
+            if err is not None:
+                raise err
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        worker.join(timeout=5)
+
+
 class FV2ESPipeline:
     """Raw videos -> per-utterance emotion scores, preprocessing and model in one in-memory pass.
 
@@ -386,7 +522,8 @@ class FV2ESPipeline:
 
     def __init__(self, model: nn.Module, class_names: Sequence[str], task: str = "multilabel", *,
                  prepare: PrepareParams | None = None, frames: FrameOptions | None = None,
-                 device: str | torch.device | None = None, batch_size: int = 8) -> None:
+                 device: str | torch.device | None = None, batch_size: int = 8,
+                 options: InferenceOptions | None = None) -> None:
         from emolib.data.prepare import make_cropper
 
         check_task(task)
@@ -394,29 +531,43 @@ class FV2ESPipeline:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.device = torch.device(device) if device is not None else torch.device(
             "cuda" if torch.cuda.is_available() else "cpu")
+        self.options = options or InferenceOptions()
+        if self.options.bf16 and not bf16_supported(self.device):
+            raise ValueError(f"bf16: {self.device} has no native bfloat16 matrix products (CUDA with bf16, or a CPU "
+                             "with AVX512-BF16 / AMX)")
+        if self.options.int8 and self.device.type != "cpu":
+            raise ValueError("int8: dynamic quantisation runs on the CPU only; use --device cpu or bf16 on CUDA")
         self.prepare = dataclasses.replace(prepare or PrepareParams(face_size=48), device=str(self.device))
         self.frames = frames or FrameOptions()
         self.model = model.to(self.device).eval()
         if callable(getattr(self.model, "fuse", None)):
             self.model.fuse()
+        if self.options.int8:
+            self.model = quantize_linear_int8(self.model)
+        if self.options.compile:
+            for module in self.model.modules():
+                if isinstance(module, SequenceBranch):
+                    module.backbone.compile()
         self.class_names, self.task, self.batch_size = list(class_names), task, batch_size
-        self.cropper = make_cropper(self.prepare)
+        faces = {} if self.options.min_face_size is None else {"min_face_size": int(self.options.min_face_size)}
+        self.cropper = make_cropper(self.prepare, **faces)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, *, record: Any = None, device: str | torch.device | None = None,
-                        batch_size: int = 8) -> FV2ESPipeline:
+                        batch_size: int = 8, options: InferenceOptions | None = None) -> FV2ESPipeline:
         loaded = load_checkpoint(path, record=record, device=device)
         return cls(loaded.model, loaded.class_names, loaded.task, prepare=loaded.prepare, frames=loaded.frames,
-                   device=device, batch_size=batch_size)
+                   device=device, batch_size=batch_size, options=options)
 
     # -- preprocessing ---------------------------------------------------------------------------------
 
-    def extract(self, sources: Sequence[UtteranceSource]) -> Iterator[tuple[UtteranceSource, Record]]:
+    def extract(self, sources: Sequence[UtteranceSource],
+                timer: StageTimer | None = None) -> Iterator[tuple[UtteranceSource, Record]]:
         """Cache-format records of ``sources``, computed in memory with the cache builder's own code.
 
         Utterances are grouped per video and processed in the same fixed chunks as ``prepare`` (sorted by
         start time), so MTCNN sees the same batches. An utterance that cannot be read raises ``ValueError``
-        naming the file and the problem.
+        naming the file and the problem. ``timer`` times decoding, face crops and audio reading.
         """
         from emolib.data.prepare import chunks, process_chunk
 
@@ -426,7 +577,7 @@ class FV2ESPipeline:
         for key in groups:
             utts = sorted(groups[key], key=lambda s: (s.start, s.uid))
             for chunk in chunks(utts, self.prepare.chunk_utterances):
-                for src, result in zip(chunk, process_chunk(chunk, self.prepare, self.cropper)):
+                for src, result in zip(chunk, process_chunk(chunk, self.prepare, self.cropper, timer)):
                     if isinstance(result, Skip):
                         raise ValueError(f"{result.file}: {result.problem} (segment {src.start:.2f}-"
                                          f"{'end' if src.end is None else f'{src.end:.2f}'} s)")
@@ -435,69 +586,94 @@ class FV2ESPipeline:
 
     # -- model -----------------------------------------------------------------------------------------
 
-    @torch.no_grad()
+    def logits(self, batch: dict[str, Any]) -> torch.Tensor:
+        """(B, C) float32 logits of a collated batch, run as ``self.options`` say."""
+        grad_off = torch.inference_mode() if self.options.inference_mode else torch.no_grad()
+        cast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.options.bf16 \
+            else contextlib.nullcontext()
+        with grad_off, cast:
+            return self.model(batch)["logits"].float()
+
     def scores(self, batch: dict[str, Any]) -> torch.Tensor:
         """(B, C) probabilities (multilabel: sigmoid per class, multiclass: softmax over the classes) or clipped
         regression values of a collated batch."""
-        logits = self.model(batch)["logits"].float()
+        logits = self.logits(batch)
         if self.task == "multilabel":
             return torch.sigmoid(logits)
         if self.task == "multiclass":
             return torch.softmax(logits, dim=1)
         return logits.clamp(-1.0, 1.0)
 
-    def predict_sources(self, sources: Sequence[UtteranceSource]) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    def predict_sources(self, sources: Sequence[UtteranceSource],
+                        timer: StageTimer | None = None) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """Scores (N, C) and row descriptions of ``sources``. ``timer`` (``emolib.timing.StageTimer``) collects
+        the time of every stage: decode, faces, audio read, batch, and the model's parts (``model_stages``)."""
         order = {s.uid: i for i, s in enumerate(sources)}
         scores = np.zeros((len(sources), len(self.class_names)), np.float32)
         rows: list[dict[str, Any] | None] = [None] * len(sources)
         pending: list[tuple[UtteranceSource, dict[str, Any]]] = []
+        stage = timer.stage if timer is not None else _untimed
+        hooks = timer.hooks(model_stages(self.model)) if timer is not None else contextlib.nullcontext()
 
         def flush() -> None:
-            out = self.scores(collate([item for _, item in pending])).cpu().numpy()
+            with stage("batch"):
+                batch = collate([item for _, item in pending])
+            with stage("model"):
+                out = self.scores(batch).cpu().numpy()
             for (src, _), row in zip(pending, out):
                 scores[order[src.uid]] = row
             pending.clear()
 
-        for src, rec in self.extract(sources):
-            rows[order[src.uid]] = {
-                "video": str(src.video), "start": src.start, "end": rec.meta["end"],
-                "n_frames": int(rec.meta["n_frames"]), "n_faces_found": int(rec.meta["n_faces_found"]),
-                "text": src.text, "utterance_id": src.meta.get("utterance_id"), "side": src.meta.get("side"),
-            }
-            pending.append((src, item_from_record(rec, self.frames)))
-            if len(pending) >= self.batch_size:
+        records: Iterator[tuple[UtteranceSource, Record]] = self.extract(sources, timer)
+        if timer is None and self.options.overlaps():  # a profile runs the stages one after another
+            records = _prefetched(records, depth=2 * self.prepare.chunk_utterances)
+        with hooks:
+            for src, rec in records:
+                rows[order[src.uid]] = {
+                    "video": str(src.video), "start": src.start, "end": rec.meta["end"],
+                    "n_frames": int(rec.meta["n_frames"]), "n_faces_found": int(rec.meta["n_faces_found"]),
+                    "text": src.text, "utterance_id": src.meta.get("utterance_id"), "side": src.meta.get("side"),
+                }
+                with stage("batch"):
+                    pending.append((src, item_from_record(rec, self.frames)))
+                if len(pending) >= self.batch_size:
+                    flush()
+            if pending:
                 flush()
-        if pending:
-            flush()
         return scores, [r for r in rows if r is not None]
 
-    def predict_requests(self, requests: Sequence[VideoRequest]) -> Predictions:
-        scores, rows = self.predict_sources(sources_of(requests, len(self.class_names)))
-        return Predictions(self.class_names, self.task, scores, rows)
+    def predict_requests(self, requests: Sequence[VideoRequest], profile: bool = False) -> Predictions:
+        timer = StageTimer(self.device) if profile else None
+        scores, rows = self.predict_sources(sources_of(requests, len(self.class_names)), timer)
+        return Predictions(self.class_names, self.task, scores, rows, timer)
 
     def __call__(self, videos: Any, transcripts: Any = None, segments: Any = None, *, audio: Any = None,
-                 utterance_ids: Any = None, speaker: str | None = None) -> Predictions:
+                 utterance_ids: Any = None, speaker: str | None = None, profile: bool = False) -> Predictions:
         return self.predict_requests(build_requests(videos, transcripts, segments, audio,
-                                                    utterance_ids=utterance_ids, speaker=speaker))
+                                                    utterance_ids=utterance_ids, speaker=speaker), profile)
 
 
 def predict(videos: Any, transcripts: Any = None, segments: Any = None, *,
             checkpoint: str | os.PathLike | None = None, pipeline: FV2ESPipeline | None = None,
             device: str | torch.device | None = None, audio: Any = None, record: Any = None,
-            batch_size: int = 8, utterance_ids: Any = None, speaker: str | None = None) -> Predictions:
+            batch_size: int = 8, utterance_ids: Any = None, speaker: str | None = None,
+            profile: bool = False, options: InferenceOptions | None = None) -> Predictions:
     """Per-utterance emotion scores of raw video(s); see ``build_requests`` for the argument forms.
 
     Give either ``checkpoint`` (loaded with ``load_checkpoint``) or a ready ``pipeline`` (to reuse a loaded
     model across calls). IEMOCAP dialogs: ``utterance_ids`` (one per segment) pick each speaker's half and
     channel by Dai's rule, ``speaker="L"|"R"`` sets them for every segment (see the module docstring).
-    The arguments are checked before the checkpoint is loaded.
+    ``profile``: ``Predictions.timing`` holds the seconds of every stage (decode, faces, audio read, batch, model
+    parts). ``options`` (``InferenceOptions``, used when a checkpoint is loaded): how the model runs; the default is
+    lossless. The arguments are checked before the checkpoint is loaded.
     """
     if pipeline is None and checkpoint is None:
         raise ValueError("predict needs checkpoint=... (a best.pt or its run directory) or pipeline=...")
     requests = build_requests(videos, transcripts, segments, audio, utterance_ids=utterance_ids, speaker=speaker)
     if pipeline is None:
-        pipeline = FV2ESPipeline.from_checkpoint(checkpoint, record=record, device=device, batch_size=batch_size)
-    return pipeline.predict_requests(requests)
+        pipeline = FV2ESPipeline.from_checkpoint(checkpoint, record=record, device=device, batch_size=batch_size,
+                                                 options=options)
+    return pipeline.predict_requests(requests, profile)
 
 
 # ---------------------------------------------------------------------------------------------- display
@@ -535,6 +711,10 @@ def format_predictions(pred: Predictions) -> str:
     videos = pred.per_video()
     parts += ["", "per-video mean:",
               format_table(np.stack(list(videos.values())), pred.class_names, [Path(v).name for v in videos])]
+    if pred.timing is not None:
+        parts += ["", f"time per stage ({torch.get_num_threads()} CPU threads"
+                      f"{'' if pred.timing.device is None else f', device {pred.timing.device}'}):",
+                  pred.timing.format()]
     return "\n".join(parts)
 
 
@@ -611,7 +791,9 @@ def predict_cli(args: Mapping[str, Any]) -> str:
     Keys: ``videos`` (list) or ``video``; ``checkpoint``; optional ``transcript`` (text or a file with one line
     per segment), ``segments`` ("start:end,..."), ``audio`` (separate audio file), ``utterance_ids``
     ("id,id,...", IEMOCAP ids, one per segment: each picks its speaker's half and channel), ``speaker`` (L or R
-    for every segment, overriding the ids), ``record``, ``device``, ``batch_size``. Bad values raise
+    for every segment, overriding the ids), ``record``, ``device``, ``batch_size``, ``profile`` (print the time of
+    every stage), ``compile``, ``bf16``, ``int8``, ``min_face_size`` (``InferenceOptions``; the last three are
+    lossy). Bad values raise
     ``ValueError`` before the checkpoint is loaded.
     """
     videos = args.get("videos") or args.get("video")
@@ -637,6 +819,8 @@ def predict_cli(args: Mapping[str, Any]) -> str:
     pred = predict(videos, _read_transcripts(transcripts), args.get("segments"), checkpoint=checkpoint,
                    device=args.get("device"), audio=args.get("audio"), record=args.get("record"),
                    batch_size=int(args.get("batch_size") or 8), utterance_ids=args.get("utterance_ids"),
-                   speaker=args.get("speaker"))
+                   speaker=args.get("speaker"), profile=bool(args.get("profile")),
+                   options=InferenceOptions(compile=bool(args.get("compile")), bf16=bool(args.get("bf16")),
+                                            int8=bool(args.get("int8")), min_face_size=args.get("min_face_size")))
     return format_predictions(pred)
 

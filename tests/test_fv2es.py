@@ -12,6 +12,7 @@ from torch import nn
 from emolib.models import build_model, model_config
 from emolib.models.fv2es import FV2ES
 from emolib.models.nest_audio import (
+    BlockAttention,
     NestEncoder,
     drop_path_schedule,
     nest_attention,
@@ -343,3 +344,60 @@ def test_bench_fv2es_runs(tmp_path) -> None:
     e2e = result["end_to_end"]
     assert e2e["clips"] == 2 and e2e["in_model"]["clips_per_s"] > 0 and e2e["two_stage"]["bytes_written"] > 0
     assert e2e["max_abs_prob_diff_jpeg_round_trip"] < 0.05
+
+
+@pytest.mark.slow
+def test_bench_inference_runs(tmp_path) -> None:
+    from emolib.bench.inference import bench_inference
+
+    result = bench_inference(tmp_path, size="tiny", repeats=1, threads=[1], device="cpu",
+                             settings=["reference_settings", "default", "int8"])
+    assert result["clip_mix"]["clips"] == 11 and result["clip_mix"]["utterances"] > 11
+    row = result["results"]["threads=1"]
+    default = row["default"]
+    assert default["s_per_clip"] > 0 and default["floor"]["s_per_clip"] > 0
+    assert default["over_floor"] == pytest.approx(default["s_per_clip"] / default["floor"]["s_per_clip"])
+    stages = default["profile"]["stages"]
+    assert {"decode", "faces", "audio read", "model", "audio.backbone", "text_encoder"} <= set(stages)
+    assert 0 < default["shares"]["nest_audio"] < 1
+    assert row["reference_settings"]["speedup_vs_reference_settings"] == pytest.approx(1.0)
+    assert row["int8"]["lossy"] and 0 < row["int8"]["max_abs_prob_diff_to_default"] < 0.2
+    assert set(result["targets"]) >= {"one_thread_met", "all_cores_met"}
+
+
+def test_block_attention_equals_timms_nest_attention_forward_and_backward() -> None:
+    from timm.models.nest import Attention
+
+    torch.manual_seed(0)
+    timm_attn = Attention(64, num_heads=4, qkv_bias=True)
+    ours = BlockAttention.adopt(copy.deepcopy(timm_attn))
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in timm_attn.named_parameters()]
+    x = torch.randn(3, 4, 16, 64)  # (B, blocks, tokens per block, C)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_timm, out_ours = timm_attn(x1), ours(x2)
+    torch.testing.assert_close(out_ours, out_timm, rtol=1e-5, atol=1e-6)
+    out_timm.square().sum().backward()
+    out_ours.square().sum().backward()
+    torch.testing.assert_close(x2.grad, x1.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(ours.qkv.weight.grad, timm_attn.qkv.weight.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_nest_encoder_uses_block_attention_and_keeps_the_seeded_initialisation(monkeypatch) -> None:
+    def build() -> tuple[NestEncoder, torch.Tensor]:
+        torch.manual_seed(0)
+        nest = NestEncoder(4, 32, (16, 32), (2, 4), (1, 1), drop_path_rate=0.0)
+        return nest, torch.rand(4)  # the next draws of the global RNG
+
+    nest, after = build()
+    layers = [layer.attn for level in nest.levels for layer in level.transformer_encoder]
+    assert layers and all(type(a) is BlockAttention for a in layers)
+    # without adoption (timm's modules as built): the same weights and the same RNG stream afterwards
+    monkeypatch.setattr(BlockAttention, "adopt", classmethod(lambda cls, attn: attn))
+    plain, plain_after = build()
+    assert type(plain.levels[0].transformer_encoder[0].attn) is not BlockAttention
+    assert torch.equal(after, plain_after)
+    for (name, p), (_, q) in zip(nest.state_dict().items(), plain.state_dict().items()):
+        assert torch.equal(p, q), name
+    x = torch.rand(2, 4, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(nest.eval()(x), plain.eval()(x), rtol=1e-5, atol=1e-5)

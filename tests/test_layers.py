@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[1] / "emolib"
 # "data -> models -> train -> records -> tables" is the flow of data; as imports, records (the run-record schema
 # the trainer writes) sits below train, and metrics/losses sit between models and train.
 LAYERS: list[tuple[str, ...]] = [
-    ("emolib", "emolib.io", "emolib.registry", "emolib.labels", "emolib.deviations", "emolib.progress"),
+    ("emolib", "emolib.io", "emolib.registry", "emolib.labels", "emolib.deviations", "emolib.progress",
+     "emolib.timing"),
     ("emolib.data",),
     ("emolib.models",),
     ("emolib.losses", "emolib.metrics"),

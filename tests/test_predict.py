@@ -21,6 +21,7 @@ from emolib.experiment import Experiment, run_experiment
 from emolib.models import model_config
 from emolib.predict import (
     FV2ESPipeline,
+    InferenceOptions,
     build_requests,
     find_run_record,
     format_table,
@@ -294,3 +295,121 @@ def test_format_table() -> None:
     assert lines[1].split() == ["clip", "a", "0.123", "0.900"]
     with pytest.raises(ValueError, match="do not match 3 class names"):
         format_table(np.zeros((1, 2)), ["a", "b", "c"])
+
+
+def test_profile_times_every_stage_and_changes_no_score(mosei, fv2es_run) -> None:
+    _, _, request = _video_clips(mosei["cache"])
+    args = (request["videos"], request["transcripts"], request["segments"])
+    plain = predict(*args, audio=request["audio"], checkpoint=fv2es_run["best"], device="cpu")
+    profiled = predict(*args, audio=request["audio"], checkpoint=fv2es_run["best"], device="cpu", profile=True)
+    np.testing.assert_array_equal(plain.scores, profiled.scores)
+    assert plain.timing is None
+    seconds = profiled.timing.seconds
+    for stage in ("decode", "faces", "audio read", "batch", "model", "text_encoder", "text_encoder.model",
+                  "visual.prep", "visual.backbone", "audio.prep", "audio.backbone", "fusion"):
+        assert seconds.get(stage, 0.0) > 0.0, stage
+    parents = profiled.timing.parent
+    assert parents["audio.backbone"] == "audio" and parents["audio"] == "model" and parents["model"] is None
+    # the model's parts fit inside the model stage
+    assert seconds["text_encoder"] + seconds["visual"] + seconds["audio"] <= seconds["model"]
+    text = predict_cli({"videos": [request["videos"]], "checkpoint": str(fv2es_run["best"]), "device": "cpu",
+                        "profile": True})
+    table = text.split("time per stage")[1]
+    assert "audio.backbone" in table and "decode" in table and "total" in table
+
+
+def _all_video_sources(cache_dir: Path, n_classes: int) -> list:
+    """Every cached utterance as a raw-video request, one request per video (several videos in one call)."""
+    cache = Cache(cache_dir)
+    by_video: dict[str, list[dict]] = {}
+    for u in cache.uids():
+        by_video.setdefault(cache.meta(u)["sources"]["video"], []).append(cache.meta(u))
+    videos = sorted(by_video)
+    metas = [sorted(by_video[v], key=lambda m: m["start"]) for v in videos]
+    requests = build_requests(videos, [[m["text"] for m in ms] for ms in metas],
+                              [[(m["start"], m["end"]) for m in ms] for ms in metas],
+                              [ms[0]["sources"]["audio"] for ms in metas])
+    return sources_of(requests, n_classes)
+
+
+def test_default_settings_equal_the_reference_computation(mosei, fv2es_run) -> None:
+    """The lossless defaults (inference_mode, decoding overlapped with the model, blocks folded into the batch of
+    NesT's attention, utterances of several videos in one batch) give the scores of the computation predict ran
+    before them: no_grad, no overlap, timm's own NesT attention, one utterance per model call."""
+    from timm.models.nest import Attention as TimmNestAttention
+
+    from emolib.models.nest_audio import BlockAttention
+
+    fast = FV2ESPipeline.from_checkpoint(fv2es_run["best"], device="cpu", options=InferenceOptions(overlap=True))
+    before = FV2ESPipeline.from_checkpoint(fv2es_run["best"], device="cpu", batch_size=1,
+                                           options=InferenceOptions.legacy())
+    swapped = 0
+    for module in before.model.modules():
+        if type(module) is BlockAttention:
+            module.__class__ = TimmNestAttention
+            swapped += 1
+    assert swapped > 0 and not InferenceOptions().lossy
+    sources = _all_video_sources(mosei["cache"], len(fast.class_names))
+    assert len({s.video for s in sources}) >= 2
+    ours, rows = fast.predict_sources(sources)
+    theirs, rows_before = before.predict_sources(sources)
+    assert rows == rows_before
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_backbones_give_the_default_scores(mosei, fv2es_run) -> None:
+    sources = _all_video_sources(mosei["cache"], 6)[:4]
+    plain = FV2ESPipeline.from_checkpoint(fv2es_run["best"], device="cpu").predict_sources(sources)[0]
+    compiled = FV2ESPipeline.from_checkpoint(fv2es_run["best"], device="cpu",
+                                             options=InferenceOptions(compile=True)).predict_sources(sources)[0]
+    np.testing.assert_allclose(compiled, plain, rtol=0, atol=1e-5)
+
+
+def test_lossy_settings_are_opt_in_and_checked(mosei, fv2es_run, monkeypatch) -> None:
+    import emolib.predict as predict_module
+
+    assert InferenceOptions(bf16=True).lossy and InferenceOptions(int8=True).lossy
+    sources = _all_video_sources(mosei["cache"], 6)[:3]
+    plain = FV2ESPipeline.from_checkpoint(fv2es_run["best"], device="cpu").predict_sources(sources)[0]
+    int8 = FV2ESPipeline.from_checkpoint(fv2es_run["best"], device="cpu", options=InferenceOptions(int8=True))
+    assert any("quantized" in type(m).__module__ for m in int8.model.modules())
+    q_scores = int8.predict_sources(sources)[0]
+    assert q_scores.shape == plain.shape and np.abs(q_scores - plain).max() < 0.1
+    monkeypatch.setattr(predict_module, "bf16_supported", lambda device: False)
+    with pytest.raises(ValueError, match="bf16"):
+        FV2ESPipeline.from_checkpoint(fv2es_run["best"], device="cpu", options=InferenceOptions(bf16=True))
+
+
+def test_prefetched_keeps_order_raises_errors_and_stops_its_worker() -> None:
+    import threading
+
+    from emolib.predict import _prefetched
+
+    assert list(_prefetched(iter(range(50)), depth=3)) == list(range(50))
+
+    def failing():
+        yield 1
+        raise RuntimeError("bad video")
+
+    got = []
+    with pytest.raises(RuntimeError, match="bad video"):
+        for x in _prefetched(failing(), depth=2):
+            got.append(x)
+    assert got == [1]
+
+    produced = []
+
+    def endless():
+        i = 0
+        while True:
+            produced.append(i)
+            yield i
+            i += 1
+
+    stream = _prefetched(endless(), depth=2)
+    assert next(stream) == 0
+    stream.close()  # the consumer stops early: the worker must not keep producing
+    count = len(produced)
+    assert count <= 5
+    assert not any(t.name == "emolib-predict-prefetch" and t.is_alive() for t in threading.enumerate())

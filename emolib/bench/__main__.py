@@ -6,6 +6,10 @@ machines.
 - ``fv2es``: FV2ES visual-branch latency multi-branch vs re-parameterised, and clips/s of the in-model
   preprocessing pipeline vs a two-stage pipeline that writes frames and audio to disk (``emolib.bench.fv2es``).
 - ``prepare``: the preprocessing engine on the synthetic CMU-MOSEI release (``emolib.bench.prepare``).
+- ``inference``: ``emolib predict`` with the paper-size FV2ES on a fixed clip mix, per stage, at one thread and all
+  cores, default (lossless) settings against the settings predict had before and the opt-in ones
+  (``emolib.bench.inference``); with a trained FV2ES checkpoint present (``make reproduce`` or ``make rehearse
+  REHEARSE=iemocap``), also the effect of the lossy settings on its test metrics.
 - ``distributed-cpu``: the same training run in one process and in two (accelerate launch, gloo), and on one GPU
   when there is one (``emolib.bench.distributed``).
 """
@@ -34,6 +38,13 @@ def _fv2es(workdir: Path) -> dict[str, Any]:
     return bench_fv2es(workdir)
 
 
+def _inference(workdir: Path) -> dict[str, Any]:
+    from emolib.bench.inference import ACCURACY_CHECKPOINTS, bench_inference
+
+    checkpoint = next((p for p in ACCURACY_CHECKPOINTS if p.is_file()), None)
+    return bench_inference(workdir, accuracy_checkpoint=checkpoint)
+
+
 def _distributed(workdir: Path) -> dict[str, Any]:
     from emolib.bench.distributed import bench_distributed
 
@@ -41,6 +52,7 @@ def _distributed(workdir: Path) -> dict[str, Any]:
 
 
 BENCHMARKS: dict[str, Callable[[Path], dict[str, Any]]] = {"prepare": _prepare, "fv2es": _fv2es,
+                                                            "inference": _inference,
                                                             "distributed-cpu": _distributed}
 
 

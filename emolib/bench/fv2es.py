@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from emolib.bench.common import hardware
+from emolib.bench.common import decode_and_detect_seconds, hardware
 
 GRID_EPS = 1e-6
 
@@ -168,23 +168,6 @@ def _load_stage(index: list[dict[str, Any]], pipeline, interval_s: float) -> np.
     return np.concatenate(scores)
 
 
-def _decode_and_detect_seconds(sources, pipeline) -> float:
-    """Seconds for the work no pipeline can skip: decode the sampled frames and crop faces with MTCNN."""
-    from emolib.data.media import iter_frames_multi
-    from emolib.data.prepare import chunks
-
-    t0 = time.perf_counter()
-    by_video: dict[str, list] = {}
-    for s in sources:
-        by_video.setdefault(str(s.video), []).append(s)
-    for video, utts in by_video.items():
-        for chunk in chunks(sorted(utts, key=lambda u: u.start), pipeline.prepare.chunk_utterances):
-            frames = [f for _, _, f in iter_frames_multi(video, [(u.start, u.end) for u in chunk],
-                                                         interval_ms=pipeline.prepare.img_interval)]
-            pipeline.cropper.crop(frames)
-    return time.perf_counter() - t0
-
-
 def _parameter_counts() -> dict[str, Any]:
     """Paper-size parameter counts against the counts computed from the papers' architectures (FE2E 36.8 M,
     FV2ES 121 M with ALBERT-base). ALBERT-base is not available offline, so its count (with the pooler FE2E keeps,
@@ -223,7 +206,7 @@ def _pipeline_throughput(workdir: Path, size: str, device: torch.device, n_clips
     in_model, _ = pipeline.predict_sources(sources)
     t_in_model = time.perf_counter() - t0
 
-    t_floor = _decode_and_detect_seconds(sources, pipeline)
+    t_floor = decode_and_detect_seconds(sources, pipeline)
 
     interval = pipeline.prepare.img_interval / 1000.0
     t0 = time.perf_counter()

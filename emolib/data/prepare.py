@@ -40,6 +40,7 @@ the index and provenance are written by whichever process finds every utterance 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import subprocess
@@ -311,21 +312,27 @@ def chunks(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), max(1, size))]
 
 
-def make_cropper(params: PrepareParams):
+def make_cropper(params: PrepareParams, **overrides: Any):
+    """The MTCNN cropper of ``params``; ``overrides`` are further ``FaceCropper`` arguments (``min_face_size``)."""
     from emolib.data.faces import FaceCropper
 
     # "auto" (the profiles' device parameter) means what None means: CUDA when available
     device = None if params.device in (None, "", "auto") else params.device
     return FaceCropper(size=params.face_size, margin=params.face_margin, device=device,
                        batch_size=params.mtcnn_batch, min_conf=params.min_face_conf, fallback=params.face_fallback,
-                       margin_size=params.margin_size)
+                       margin_size=params.margin_size, **overrides)
 
 
-def process_chunk(chunk: list[UtteranceSource], params: PrepareParams, cropper) -> list:
-    """Frames for every utterance of the chunk, then one batched MTCNN call, then audio and records."""
-    frames, times, frame_problems = _chunk_frames(chunk, params)
+def process_chunk(chunk: list[UtteranceSource], params: PrepareParams, cropper, timer=None) -> list:
+    """Frames for every utterance of the chunk, then one batched MTCNN call, then audio and records.
+
+    ``timer`` (an ``emolib.timing.StageTimer``) times the stages ``decode``, ``faces`` and ``audio read``."""
+    stage = timer.stage if timer is not None else _untimed
+    with stage("decode"):
+        frames, times, frame_problems = chunk_frames(chunk, params)
     flat = [f for fs in frames for f in fs]
-    crops = cropper.crop(flat) if flat else _no_crops(params.face_size)
+    with stage("faces"):
+        crops = cropper.crop(flat) if flat else _no_crops(params.face_size)
     results: list = []
     pos = 0
     for i, src in enumerate(chunk):
@@ -335,7 +342,8 @@ def process_chunk(chunk: list[UtteranceSource], params: PrepareParams, cropper) 
         if isinstance(frame_problems[i], Skip):
             results.append(frame_problems[i])
             continue
-        audio = _utterance_audio(src, params)
+        with stage("audio read"):
+            audio = _utterance_audio(src, params)
         if isinstance(audio, Skip):
             results.append(audio)
             continue
@@ -378,7 +386,11 @@ def process_chunk(chunk: list[UtteranceSource], params: PrepareParams, cropper) 
     return results
 
 
-def _chunk_frames(chunk: list[UtteranceSource], params: PrepareParams):
+def _untimed(_name: str) -> contextlib.nullcontext:
+    return contextlib.nullcontext()
+
+
+def chunk_frames(chunk: list[UtteranceSource], params: PrepareParams):
     """Per utterance: list of RGB frames, their times (s from utterance start), and None / a fallback / a Skip."""
     from emolib.data.media import MediaError, iter_frames_multi
 
