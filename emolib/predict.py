@@ -408,8 +408,10 @@ class InferenceOptions:
 
     * ``inference_mode``: ``torch.inference_mode`` instead of ``no_grad`` (no version counters, no views kept);
     * ``overlap``: decoding and face detection of the next chunk run in a worker thread while the model scores the
-      current batch. ``None`` (default): on when torch uses more than one thread, since with one thread the worker
-      would only add a second busy core to a single-threaded run;
+      current batch. ``None`` (default): on when the model runs on CUDA, off on the CPU. On this project's 2-core
+      CPU it made a paper-size clip slower (2.61 vs 2.45 s with 2 threads: the worker's MTCNN and the model's
+      matrix products then compete for the same cores; ``results/bench/inference.json``); on a GPU box the CPU is
+      free while the GPU computes (not measured here: no GPU was available);
     * ``compile``: ``torch.compile`` on every branch backbone (CNNs, NesT). Off by default: compiling takes about
       80 s on a CPU before the first clip, which costs more than it saves on a handful of clips.
 
@@ -438,8 +440,8 @@ class InferenceOptions:
     def lossy(self) -> bool:
         return self.bf16 or self.int8 or self.min_face_size is not None
 
-    def overlaps(self) -> bool:
-        return self.overlap if self.overlap is not None else torch.get_num_threads() > 1
+    def overlaps(self, device: torch.device) -> bool:
+        return self.overlap if self.overlap is not None else device.type == "cuda"
 
 
 def bf16_supported(device: torch.device) -> bool:
@@ -625,7 +627,7 @@ class FV2ESPipeline:
             pending.clear()
 
         records: Iterator[tuple[UtteranceSource, Record]] = self.extract(sources, timer)
-        if timer is None and self.options.overlaps():  # a profile runs the stages one after another
+        if timer is None and self.options.overlaps(self.device):  # a profile runs the stages one after another
             records = _prefetched(records, depth=2 * self.prepare.chunk_utterances)
         with hooks:
             for src, rec in records:

@@ -318,6 +318,19 @@ def test_report_tables_and_findings_from_evaluated_rows(tiny_caches, tmp_path) -
     assert rob.stem == "robustness_iemocap_dai-iemocap"
     assert "reproduces the test score of all 1 run" in P.clean_summary(frame)
 
+    # the robustness figure gives each run one colour in every panel, so the legend is right
+    import matplotlib
+
+    matplotlib.use("Agg")
+    other = frame.assign(run="other-run")
+    fig = P.robustness_figure(pd.concat([frame, other], ignore_index=True), frame["dataset"].iloc[0])
+    colours: dict[str, set] = {}
+    for ax in fig.axes:
+        for line in ax.get_lines():
+            colours.setdefault(line.get_label(), set()).add(matplotlib.colors.to_hex(line.get_color()))
+    assert len(colours) == 2 and all(len(c) == 1 for c in colours.values())
+    assert colours[frame["run"].iloc[0]] != colours["other-run"]
+
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:.*follows Dai et al.'s preprocessing")

@@ -351,7 +351,7 @@ def test_bench_inference_runs(tmp_path) -> None:
     from emolib.bench.inference import bench_inference
 
     result = bench_inference(tmp_path, size="tiny", repeats=1, threads=[1], device="cpu",
-                             settings=["reference_settings", "default", "int8"])
+                             settings=["reference_settings", "default", "int8", "min_face_80"])
     assert result["clip_mix"]["clips"] == 11 and result["clip_mix"]["utterances"] > 11
     row = result["results"]["threads=1"]
     default = row["default"]
@@ -362,6 +362,7 @@ def test_bench_inference_runs(tmp_path) -> None:
     assert 0 < default["shares"]["nest_audio"] < 1
     assert row["reference_settings"]["speedup_vs_reference_settings"] == pytest.approx(1.0)
     assert row["int8"]["lossy"] and 0 < row["int8"]["max_abs_prob_diff_to_default"] < 0.2
+    assert row["min_face_80"]["lossy"] and 0 <= row["min_face_80"]["face_rate"] <= default["face_rate"]
     assert set(result["targets"]) >= {"one_thread_met", "all_cores_met"}
 
 

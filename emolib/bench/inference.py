@@ -16,11 +16,11 @@ Rows:
 * ``floor``: decoding the sampled frames plus batched MTCNN, nothing else (the work no pipeline can skip);
 * ``reference_settings``: ``FV2ESPipeline`` as it ran before this benchmark existed (``InferenceOptions.legacy()``:
   autograd bookkeeping off with ``no_grad`` only, 8 utterances per model call, no overlap of decoding and
-  model work);
+  model work, timm's own NesT attention instead of ``BlockAttention``);
 * ``default``: the pipeline's default, lossless settings;
-* one row per opt-in setting: ``overlap`` forced on (all cores only), ``compile``, and the lossy ``bf16``, ``int8``
-  and ``min_face_80`` (MTCNN's smallest face 80 px instead of 20); each reports the largest probability
-  difference to ``default`` and the share of frames with a face found.
+* one row per other setting: ``overlap`` (all cores only; the default overlaps on CUDA only), ``compile``, and the
+  lossy ``bf16``, ``int8`` and ``min_face_80`` (MTCNN's smallest face 80 px instead of 20); each reports the
+  largest probability difference to ``default`` and the share of frames with a face found.
 
 Threads: every row is measured with ``torch.set_num_threads(1)`` and with all cores. ``accuracy_effect`` scores the
 model-side settings on the test split of a trained checkpoint (``ACCURACY_CHECKPOINTS``) with the run's valid
@@ -104,6 +104,17 @@ SETTINGS: dict[str, tuple[dict[str, Any], int | None]] = {
     "int8": ({"int8": True}, 1),
     "min_face_80": ({"min_face_size": 80}, 1),
 }
+
+
+def _timm_attention(model: torch.nn.Module) -> None:
+    """Put timm's own NesT attention back (the computation ``predict`` ran before ``BlockAttention``)."""
+    from timm.models.nest import Attention
+
+    from emolib.models.nest_audio import BlockAttention
+
+    for module in model.modules():
+        if type(module) is BlockAttention:
+            module.__class__ = Attention
 
 
 def _options(name: str):
@@ -235,7 +246,7 @@ def bench_inference(workdir: Path, *, size: str = "paper", repeats: int = 3, thr
                 opts, passes = SETTINGS[name]
                 options = _options(name)
                 if name == "overlap" and n == 1:
-                    continue  # with one thread the worker would be a second busy core
+                    continue  # with one thread the worker would only add a second busy core
                 if name == "bf16":
                     from emolib.predict import bf16_supported
 
@@ -243,6 +254,8 @@ def bench_inference(workdir: Path, *, size: str = "paper", repeats: int = 3, thr
                         row[name] = {"skipped": f"{dev} has no native bfloat16"}
                         continue
                 model = copy.deepcopy(base)
+                if name == "reference_settings":
+                    _timm_attention(model)
                 pipeline = _pipeline(model, options, dev)
                 timed, scores = _time_passes(pipeline, sources, n_clips, passes or repeats)
                 entry = {"options": dataclasses.asdict(options), "lossy": options.lossy, **timed}
@@ -270,11 +283,17 @@ def bench_inference(workdir: Path, *, size: str = "paper", repeats: int = 3, thr
         torch.set_num_threads(before)
     one = results.get("threads=1", {})
     allc = results.get(f"threads={_cores()}", {})
-    target_s = ISSUE_TABLE["reference_system_s_per_clip"] / TARGET_SPEEDUP
+    ref = one.get("reference_settings", {}).get("s_per_clip")
+    # The issue's target is 3x faster than the authors' system, which took 9.9/10.6 of emolib's time before; on
+    # this mix that is the reference settings' time scaled by the same ratio, divided by 3.
+    scaled = None if ref is None else ref * ISSUE_TABLE["reference_system_s_per_clip"] / \
+        ISSUE_TABLE["emolib_before_s_per_clip"] / TARGET_SPEEDUP
+    d1 = one.get("default", {}).get("s_per_clip")
     targets = {
-        "one_thread_default_s_per_clip": one.get("default", {}).get("s_per_clip"),
-        "one_thread_target_s_per_clip": target_s,
-        "one_thread_met": bool(one) and one["default"]["s_per_clip"] <= target_s,
+        "one_thread_default_s_per_clip": d1,
+        "one_thread_target_s_per_clip_issue_mix": ISSUE_TABLE["reference_system_s_per_clip"] / TARGET_SPEEDUP,
+        "one_thread_target_s_per_clip_this_mix": scaled,
+        "one_thread_met": None if scaled is None or d1 is None else d1 <= scaled,
         "all_cores_default_over_floor": allc.get("default", {}).get("over_floor"),
         "all_cores_target_over_floor": 2.0,
         "all_cores_met": bool(allc) and allc["default"]["over_floor"] <= 2.0,
@@ -297,6 +316,8 @@ def bench_inference(workdir: Path, *, size: str = "paper", repeats: int = 3, thr
             "one call, so utterances of different clips share model batches (8 utterances)",
             "profile: one extra pass with every stage timed, stages run one after another (no overlap)",
             "floor: decoding the 500 ms frame grid and batched MTCNN of the same clips, nothing else",
+            "compile: one timed pass; the number of mel pieces changes from batch to batch, so torch.compile "
+            "recompiles during it (dynamic shapes) and the row includes compile time",
         ],
     }
     if accuracy_checkpoint is not None:

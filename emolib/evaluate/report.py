@@ -187,13 +187,16 @@ def robustness_figure(frame: pd.DataFrame, dataset: str):
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.7 * rows), squeeze=False, sharey=True)
     for ax in axes.flat[len(names):]:
         ax.axis("off")
+    # one colour per run in every panel (each axis would otherwise restart the colour cycle)
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colour = {run: palette[i % len(palette)] for i, run in enumerate(dict.fromkeys(part["run"]))}
     for ax, name in zip(axes.flat, names):
         for run, r in part.groupby("run", sort=False):
             c = r[r["condition"] == name].sort_values("severity")
             if not len(c) or c["reused_clean"].all():
                 continue
             clean = r.loc[r["condition"] == "clean", "value"].iloc[0]
-            ax.plot([0, *c["severity"]], [clean, *c["value"]], marker="o", ms=3, label=run)
+            ax.plot([0, *c["severity"]], [clean, *c["value"]], marker="o", ms=3, label=run, color=colour[run])
         corr = CORRUPTIONS[name]
         ax.set_title(name, fontsize=9)
         ax.set_xticks([0, *sevs], ["clean", *(corr.label(k) for k in sevs)], fontsize=6, rotation=20)
