@@ -412,6 +412,10 @@ class InferenceOptions:
       CPU it made a paper-size clip slower (2.61 vs 2.45 s with 2 threads: the worker's MTCNN and the model's
       matrix products then compete for the same cores; ``results/bench/inference.json``); on a GPU box the CPU is
       free while the GPU computes (not measured here: no GPU was available);
+    * ``channels_last``: the model's 4-D weights in channels-last memory order, so the convolutions write
+      channels-last maps, which timm's NesT permutes to anyway (idle probe, one thread: paper NesT over 20 mel
+      pieces 3.38 -> 2.82 s with identical outputs, fused RepVGG CNN on 64 faces 0.32 -> 0.26 s). Added after
+      ``results/bench/inference.json`` was measured;
     * ``compile``: ``torch.compile`` on every branch backbone (CNNs, NesT). Off by default: compiling takes about
       80 s on a CPU before the first clip, which costs more than it saves on a handful of clips.
 
@@ -425,6 +429,7 @@ class InferenceOptions:
     """
 
     inference_mode: bool = True
+    channels_last: bool = True
     overlap: bool | None = None
     compile: bool = False
     bf16: bool = False
@@ -434,7 +439,7 @@ class InferenceOptions:
     @classmethod
     def legacy(cls) -> InferenceOptions:
         """How ``predict`` ran before these options existed (the benchmark's reference row)."""
-        return cls(inference_mode=False, overlap=False)
+        return cls(inference_mode=False, channels_last=False, overlap=False)
 
     @property
     def lossy(self) -> bool:
@@ -544,6 +549,8 @@ class FV2ESPipeline:
         self.model = model.to(self.device).eval()
         if callable(getattr(self.model, "fuse", None)):
             self.model.fuse()
+        if self.options.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         if self.options.int8:
             self.model = quantize_linear_int8(self.model)
         if self.options.compile:

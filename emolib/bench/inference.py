@@ -96,7 +96,7 @@ def _uniq(clips: list[list[Any]]) -> list[Any]:
 
 SETTINGS: dict[str, tuple[dict[str, Any], int | None]] = {
     # name: (InferenceOptions fields, timed passes: None = ``repeats``)
-    "reference_settings": ({"inference_mode": False, "overlap": False}, None),  # InferenceOptions.legacy()
+    "reference_settings": ({"inference_mode": False, "channels_last": False, "overlap": False}, None),  # legacy()
     "default": ({}, None),
     "overlap": ({"overlap": True}, None),
     "compile": ({"compile": True}, 1),
