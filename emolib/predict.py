@@ -414,8 +414,8 @@ class InferenceOptions:
       free while the GPU computes (not measured here: no GPU was available);
     * ``channels_last``: the model's 4-D weights in channels-last memory order, so the convolutions write
       channels-last maps, which timm's NesT permutes to anyway (idle probe, one thread: paper NesT over 20 mel
-      pieces 3.38 -> 2.82 s with identical outputs, fused RepVGG CNN on 64 faces 0.32 -> 0.26 s). Added after
-      ``results/bench/inference.json`` was measured;
+      pieces 3.38 -> 2.82 s with identical outputs, fused RepVGG CNN on 64 faces 0.32 -> 0.26 s; end to end
+      within run-to-run noise, ``results/bench/inference.json``);
     * ``compile``: ``torch.compile`` on every branch backbone (CNNs, NesT). Off by default: compiling takes about
       80 s on a CPU before the first clip, which costs more than it saves on a handful of clips.
 
