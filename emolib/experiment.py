@@ -8,10 +8,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from emolib.data.cache import Cache
 from emolib.data.dataset import CachedDataset, FrameOptions, collate
@@ -94,6 +96,30 @@ class SplitRule:
             return group_folds(speakers, k=self.folds, fold=int(self.fold or 0), seed=self.seed,
                                valid_fraction=self.fractions[1])
         return group_split(speakers, seed=self.seed, fractions=self.fractions)
+
+
+def split_uids(cache: Cache, record: Mapping[str, Any] | None = None, split: str = "test") -> list[str]:
+    """The uids of ``split`` as a run drew them: the cache's own split, or the run's speaker split / fold
+    (``record["extra"]["split"]``, ``SplitRule``)."""
+    spec = (record or {}).get("extra", {}).get("split") or {}
+    rule = SplitRule.parse(spec) if spec else None
+    if rule is not None and rule.by:
+        assignment = rule.assign(cache)
+        return [u for u in cache.uids() if assignment[u] == split]
+    return cache.uids(split)
+
+
+def score(record: Mapping[str, Any], outputs: np.ndarray, labels: np.ndarray) -> dict[str, dict[str, Any]]:
+    """{protocol: average metrics} of ``outputs`` for every protocol of a run record, with its valid thresholds."""
+    from emolib.metrics import get_protocol
+
+    out = {}
+    for name in record["metrics"]:
+        proto = get_protocol(name)
+        thresholds = record.get("thresholds", {}).get(name) if proto.needs_thresholds else None
+        result = proto.evaluate(outputs, labels, list(record["class_names"]), thresholds=thresholds)
+        out[name] = result["average"]
+    return out
 
 
 def load_splits(cache_dir: str | Path, frames: FrameOptions | None = None, *, split: SplitRule | None = None,

@@ -75,7 +75,7 @@ from emolib.data.dataset import FrameOptions, collate, record_item
 from emolib.data.prepare import PrepareParams, Skip, UtteranceSource
 from emolib.labels import check_task
 from emolib.models.blocks import SequenceBranch
-from emolib.timing import StageTimer
+from emolib.timing import StageTimer, stage_of
 
 Segment = tuple[float, float | None]
 
@@ -380,10 +380,6 @@ def item_from_record(rec: Record, frames: FrameOptions) -> dict[str, Any]:
     return record_item(rec, frames)
 
 
-def _untimed(_name: str) -> contextlib.nullcontext:
-    return contextlib.nullcontext()
-
-
 def model_stages(model: nn.Module) -> dict[str, nn.Module]:
     """The parts of a model a profile times: every direct child (branches, heads, fusion) and, inside a sequence
     branch, its input preparation (face normalisation / mel pieces), backbone (CNN / NesT), flatten MLP and CLS
@@ -621,7 +617,7 @@ class FV2ESPipeline:
         scores = np.zeros((len(sources), len(self.class_names)), np.float32)
         rows: list[dict[str, Any] | None] = [None] * len(sources)
         pending: list[tuple[UtteranceSource, dict[str, Any]]] = []
-        stage = timer.stage if timer is not None else _untimed
+        stage = stage_of(timer)
         hooks = timer.hooks(model_stages(self.model)) if timer is not None else contextlib.nullcontext()
 
         def flush() -> None:

@@ -12,8 +12,8 @@ every stage with its seconds and its share of ``total`` (by default the sum of t
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -111,3 +111,12 @@ class StageTimer:
         tot = self.total() if total is None else total
         lines.append(f"{'total':<{width}}  {tot:>9.3f}")
         return "\n".join(lines)
+
+
+def stage_of(timer: StageTimer | None) -> Callable[[str], AbstractContextManager]:
+    """``timer.stage``, or a stage that times nothing when there is no timer (so callers need no branch)."""
+    return timer.stage if timer is not None else _untimed
+
+
+def _untimed(_name: str) -> AbstractContextManager:
+    return nullcontext()

@@ -183,23 +183,16 @@ def accuracy_effect(checkpoint: str | Path, settings: list[str], *, device: str 
     thresholds, and the largest logit difference to ``default``. ``cache`` defaults to the record's."""
     from emolib.data.cache import Cache
     from emolib.data.dataset import collate
-    from emolib.experiment import SplitRule
-    from emolib.metrics import get_protocol
+    from emolib.experiment import score, split_uids
     from emolib.predict import FV2ESPipeline, bf16_supported, item_from_record, load_checkpoint
 
     loaded = load_checkpoint(checkpoint, device=device)
     record = loaded.record
-    cache_dir = Path(cache) if cache is not None else Path(record["params"]["data"]["cache"])
-    store = Cache(cache_dir)
-    spec = record.get("extra", {}).get("split") or {}
-    rule = SplitRule.parse(spec) if spec else None
-    if rule is not None and rule.by:
-        assignment = rule.assign(store)
-        uids = [u for u in store.uids() if assignment[u] == "test"]
-    else:
-        uids = store.uids("test")
+    store = Cache(Path(cache) if cache is not None else Path(record["params"]["data"]["cache"]))
+    uids = split_uids(store, record, "test")
     items = [item_from_record(store.load(u), loaded.frames) for u in uids]
-    labels = np.concatenate([collate(items[i:i + 8])["labels"].float().numpy() for i in range(0, len(items), 8)])
+    batches = [collate(items[i:i + 8]) for i in range(0, len(items), 8)]
+    labels = np.concatenate([b["labels"].float().numpy() for b in batches])
     out: dict[str, Any] = {"checkpoint": str(checkpoint), "model": record["model"], "dataset": record["dataset"],
                            "config": record["params"]["model"], "test_utterances": len(uids), "settings": {}}
     reference = None
@@ -210,13 +203,8 @@ def accuracy_effect(checkpoint: str | Path, settings: list[str], *, device: str 
         # a copy per setting: compile() changes the modules it is called on
         pipeline = FV2ESPipeline(copy.deepcopy(loaded.model), loaded.class_names, loaded.task, prepare=loaded.prepare,
                                  frames=loaded.frames, device=device, options=_options(name))
-        logits = np.concatenate([pipeline.logits(collate(items[i:i + 8])).cpu().numpy()
-                                 for i in range(0, len(items), 8)])
-        metrics = {}
-        for proto_name in record["metrics"]:
-            proto = get_protocol(proto_name)
-            thresholds = record.get("thresholds", {}).get(proto_name) if proto.needs_thresholds else None
-            metrics[proto_name] = proto.evaluate(logits, labels, loaded.class_names, thresholds=thresholds)["average"]
+        logits = np.concatenate([pipeline.logits(b).cpu().numpy() for b in batches])
+        metrics = score(record, logits, labels)
         reference = logits if reference is None else reference
         out["settings"][name] = {"metrics": metrics,
                                  "max_abs_logit_diff_to_default": float(np.abs(logits - reference).max())}

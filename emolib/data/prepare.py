@@ -40,7 +40,6 @@ the index and provenance are written by whichever process finds every utterance 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import subprocess
@@ -55,6 +54,7 @@ import numpy as np
 
 from emolib.data.cache import CacheError, CacheWriter
 from emolib.io import read_json, sha256_file, write_json
+from emolib.timing import stage_of
 
 SAMPLE_RATE = 16000
 
@@ -327,7 +327,7 @@ def process_chunk(chunk: list[UtteranceSource], params: PrepareParams, cropper, 
     """Frames for every utterance of the chunk, then one batched MTCNN call, then audio and records.
 
     ``timer`` (an ``emolib.timing.StageTimer``) times the stages ``decode``, ``faces`` and ``audio read``."""
-    stage = timer.stage if timer is not None else _untimed
+    stage = stage_of(timer)
     with stage("decode"):
         frames, times, frame_problems = chunk_frames(chunk, params)
     flat = [f for fs in frames for f in fs]
@@ -384,10 +384,6 @@ def process_chunk(chunk: list[UtteranceSource], params: PrepareParams, cropper, 
         }
         results.append((meta, arrays))
     return results
-
-
-def _untimed(_name: str) -> contextlib.nullcontext:
-    return contextlib.nullcontext()
 
 
 def chunk_frames(chunk: list[UtteranceSource], params: PrepareParams):

@@ -41,6 +41,7 @@ from emolib.evaluate.corruptions import (
     missing_conditions,
     remove_modalities,
 )
+from emolib.experiment import score, split_uids
 from emolib.io import read_json
 from emolib.metrics import get_protocol
 from emolib.records import validate_record
@@ -186,19 +187,6 @@ def model_modalities(model: torch.nn.Module) -> frozenset[str]:
 # -------------------------------------------------------------------------------------------- evaluation
 
 
-def split_uids(cache: Cache, record: Mapping[str, Any] | None = None, split: str = "test") -> list[str]:
-    """The uids of ``split`` as the run drew them: the cache's own split, or the run's speaker split / fold
-    (``record["extra"]["split"]``, ``emolib.experiment.SplitRule``)."""
-    from emolib.experiment import SplitRule
-
-    spec = (record or {}).get("extra", {}).get("split") or {}
-    rule = SplitRule.parse(spec) if spec else None
-    if rule is not None and rule.by:
-        assignment = rule.assign(cache)
-        return [u for u in cache.uids() if assignment[u] == split]
-    return cache.uids(split)
-
-
 def split_records(cache: Cache, split: str = "test", record: Mapping[str, Any] | None = None) -> list[Record]:
     uids = split_uids(cache, record, split)
     if not uids:
@@ -235,17 +223,6 @@ def predict_records(model: torch.nn.Module, records: Sequence[Record], frames: F
         outs.append(model(batch)["logits"].float().cpu())
         labs.append(batch["labels"].float())
     return torch.cat(outs).numpy(), torch.cat(labs).numpy()
-
-
-def score(record: Mapping[str, Any], outputs: np.ndarray, labels: np.ndarray) -> dict[str, dict[str, Any]]:
-    """{protocol: average metrics} of every protocol of the record, with the record's valid thresholds."""
-    out = {}
-    for name in record["metrics"]:
-        proto = get_protocol(name)
-        thresholds = record.get("thresholds", {}).get(name) if proto.needs_thresholds else None
-        result = proto.evaluate(outputs, labels, list(record["class_names"]), thresholds=thresholds)
-        out[name] = result["average"]
-    return out
 
 
 def clean_check(record: Mapping[str, Any], clean: Mapping[str, Mapping[str, Any]], tol: float = 1e-6) -> list[str]:
