@@ -148,13 +148,27 @@ def smoke_caches(synthetic_cache) -> Mapping[str, Path]:
 
 # ----------------------------------------------------------------------------------- registry coverage
 
-_session_state = {"uninstall": None, "deselected_default": 0, "collection_errors": 0}
+_session_state = {"uninstall": None, "deselected_default": 0, "collection_errors": 0, "workers": []}
+
+
+def _is_xdist_worker(config: pytest.Config) -> bool:
+    return getattr(config, "workerinput", None) is not None
 
 
 def pytest_configure(config: pytest.Config) -> None:
     from emolib import registry
 
-    _session_state.update(deselected_default=0, collection_errors=0)
+    if _is_xdist_worker(config):
+        # `make test` runs pytest-xdist with one worker per core: one thread per worker (and per process a test
+        # starts: kernels, accelerate launches), since two workers at two threads each slowed steps up to 7x.
+        import os
+
+        import torch
+
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = "1"
+        torch.set_num_threads(1)
+    _session_state.update(deselected_default=0, collection_errors=0, workers=[])
     if _session_state["uninstall"] is None:
         registry_coverage.USED.clear()
         _session_state["uninstall"] = registry_coverage.install(registry)
@@ -176,13 +190,35 @@ def pytest_collectreport(report: pytest.CollectReport) -> None:
         _session_state["collection_errors"] += 1
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """xdist controller: keep what each worker looked up (see pytest_sessionfinish)."""
+    output = getattr(node, "workeroutput", {}).get("registry_coverage")
+    if output is not None:
+        _session_state["workers"].append(output)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """After the full default selection: fail the session for every registry entry that no test looked up."""
+    """After the full default selection: fail the session for every registry entry that no test looked up.
+
+    Under pytest-xdist each worker sends its lookups and selection counts to the controller, which checks the
+    union once every worker is down."""
     config = session.config
+    state = {"used": sorted(registry_coverage.USED), "deselected_default": _session_state["deselected_default"],
+             "collection_errors": _session_state["collection_errors"], "tests_collected": session.testscollected}
+    if _is_xdist_worker(config):
+        config.workeroutput["registry_coverage"] = state
+        return
+    workers = _session_state["workers"]
+    if workers:  # every worker collects the whole selection, so their counts agree
+        state = {"used": sorted({tuple(u) for w in workers for u in w["used"]}),
+                 "deselected_default": max(w["deselected_default"] for w in workers),
+                 "collection_errors": max(w["collection_errors"] for w in workers),
+                 "tests_collected": max(w["tests_collected"] for w in workers)}
     reason = registry_coverage.partial_run_reason(
-        config, deselected_default=_session_state["deselected_default"],
-        collection_errors=_session_state["collection_errors"],
-        stopped_early=bool(session.shouldfail or session.shouldstop), tests_collected=session.testscollected)
+        config, deselected_default=state["deselected_default"], collection_errors=state["collection_errors"],
+        stopped_early=bool(session.shouldfail or session.shouldstop), tests_collected=state["tests_collected"],
+        workers_reported=bool(workers))
     if reason is None and exitstatus not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
         reason = f"exit status {int(exitstatus)}"
     lines, failed = [], False
@@ -193,7 +229,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         from emolib import registry
 
         entries = registry.REGISTRY.entries()
-        lines = registry_coverage.unexercised(registry_coverage.USED, entries)
+        lines = registry_coverage.unexercised({tuple(u) for u in state["used"]}, entries)
         failed = bool(lines)
         if not failed and config.option.verbose > 0:
             lines.append(f"registry coverage: all {len(entries)} registry entries were looked up by a test")

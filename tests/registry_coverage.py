@@ -67,14 +67,18 @@ def unexercised(used: Collection[tuple[str, str]], entries: Iterable[Any]) -> li
 
 
 def partial_run_reason(config: Any, *, deselected_default: int = 0, collection_errors: int = 0,
-                       stopped_early: bool = False, tests_collected: int = 1) -> str | None:
+                       stopped_early: bool = False, tests_collected: int = 1,
+                       workers_reported: bool = False) -> str | None:
     """Why this session did not run the full default selection, or None when it did.
 
     ``deselected_default`` counts deselected tests that the default selection runs (no ``slow`` marker), which
-    covers -m, -k, --deselect, --last-failed and plugins alike."""
+    covers -m, -k, --deselect, --last-failed and plugins alike. Under pytest-xdist the lookups happen in the
+    workers: only the controller, once the workers have reported (``workers_reported``), can check them."""
     opt = config.option
-    if getattr(config, "workerinput", None) is not None or getattr(opt, "numprocesses", None):
-        return "xdist: lookups happen in the workers"
+    if getattr(config, "workerinput", None) is not None:
+        return "xdist worker: the controller checks the workers' lookups together"
+    if getattr(opt, "numprocesses", None) and not workers_reported:
+        return "xdist: no worker reported its lookups"
     if getattr(opt, "collectonly", False):
         return "--collect-only"
     if getattr(opt, "keyword", ""):

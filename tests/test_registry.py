@@ -135,3 +135,9 @@ def test_the_check_runs_only_after_the_full_default_selection() -> None:
     assert reason(_config(), collection_errors=1) == "collection errors"
     assert "stopped early" in reason(_config(), stopped_early=True)
     assert reason(_config(), tests_collected=0) == "no tests collected"
+    # pytest-xdist: a worker never checks; the controller checks once its workers have reported their lookups
+    worker = _config()
+    worker.workerinput = {"workerid": "gw0"}
+    assert "xdist worker" in reason(worker, workers_reported=True)
+    assert "no worker reported" in reason(_config(numprocesses=2))
+    assert reason(_config(numprocesses=2), workers_reported=True) is None
