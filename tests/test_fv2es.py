@@ -333,6 +333,35 @@ def test_two_stage_frame_grid_matches_the_sampler() -> None:
     assert _grid_indices([0.0, 0.2, 1.3, 1.4, 1.6], 0.5) == [0, 2, 4]  # a gap skips grid points
 
 
+def test_conv_bn_folding_and_fast_path_grid_keep_the_outputs() -> None:
+    """Issue 18: the RepVGG CNN timed multi-branch vs re-parameterised under every fast path; every form and setting
+    computes the reference output (float tolerance), and the BN folding counts what it folded."""
+    from emolib.bench.fv2es import FAST_PATHS, _cnn_fast_paths, fold_conv_bn
+    from emolib.models.repvgg import RepVGGCNN
+
+    torch.manual_seed(0)
+    cnn = RepVGGCNN(3, (8, 8, 8, 16, 16, 32))
+    cnn.train()(torch.randn(8, 3, 48, 48))  # BN statistics other than (0, 1)
+    cnn.eval()
+    x = torch.randn(4, 3, 48, 48)
+    with pytest.raises(ValueError, match="eval-mode"):
+        fold_conv_bn(copy.deepcopy(cnn).train())
+    multi, fused = copy.deepcopy(cnn), copy.deepcopy(cnn).fuse()
+    # stem + per block 3x3 and 1x1 branches (5 blocks) / stem only once re-parameterised
+    assert fold_conv_bn(multi) == 1 + 2 * 5 and fold_conv_bn(fused) == 1
+    with torch.no_grad():
+        ref = cnn(x)
+        assert torch.allclose(multi(x), ref, atol=1e-5) and torch.allclose(fused(x), ref, atol=1e-5)
+    result = _cnn_fast_paths("tiny", torch.device("cpu"), batch=8, repeats=1)
+    assert len(result["rows"]) == 2 * len(FAST_PATHS)
+    assert max(r["max_abs_diff"] for r in result["rows"]) < 1e-4
+    assert result["rows"][0]["max_abs_diff"] == 0.0  # the reference row
+    for form, best in result["best"].items():
+        assert best["latency_ms"] == min(r["latency_ms"] for r in result["rows"] if r["form"] == form)
+    assert result["speedup_best_vs_best"] == pytest.approx(
+        result["best"]["multi-branch"]["latency_ms"] / result["best"]["re-parameterised"]["latency_ms"])
+
+
 @pytest.mark.slow
 def test_bench_fv2es_runs(tmp_path) -> None:
     from emolib.bench.fv2es import bench_fv2es
@@ -341,6 +370,8 @@ def test_bench_fv2es_runs(tmp_path) -> None:
     vis = result["visual_reparameterisation"]["paper"]
     assert vis["cnn"]["params_multi_branch"] == 1_811_584 and vis["cnn"]["params_fused"] == 1_628_032
     assert vis["cnn"]["max_abs_diff"] < 1e-4
+    fast = result["cnn_fast_paths"]["paper"]
+    assert max(r["max_abs_diff"] for r in fast["rows"]) < 1e-4 and fast["speedup_best_vs_best"] > 0
     e2e = result["end_to_end"]
     assert e2e["clips"] == 2 and e2e["in_model"]["clips_per_s"] > 0 and e2e["two_stage"]["bytes_written"] > 0
     assert e2e["max_abs_prob_diff_jpeg_round_trip"] < 0.05
