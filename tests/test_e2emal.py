@@ -359,11 +359,30 @@ def test_paper_configuration_size() -> None:
     assert rows["TCN text"]["params"] > rows["TCN audio"]["params"] > rows["TCN visual"]["params"]
 
 
+def test_tiny_differs_from_the_paper_only_where_it_says() -> None:
+    """tiny: narrow TCNs, AFCNet stages 2-3 expanded 2x and 8 faces per clip (smoke speed); the rest is the paper's."""
+    import dataclasses
+
+    from emolib.models.e2emal import AFCNET_STAGES, E2EMAL_CONFIGS
+
+    paper, tiny = E2EMAL_CONFIGS["paper"], E2EMAL_CONFIGS["tiny"]
+    assert (paper.lfe_expand, paper.video_frames) == (12, 16) and [s.expand for s in AFCNET_STAGES] == [1, 12, 12]
+    differ = {f.name for f in dataclasses.fields(paper) if getattr(paper, f.name) != getattr(tiny, f.name)}
+    assert differ == {"tcn_filters", "lfe_expand", "video_frames"}
+    model = build_model("e2emal", "tiny", num_outputs=6, word_vectors=_ZeroVectors())
+    expands = [b.body[0].out_channels // b.body[0].in_channels for b in model.visual_lfe.blocks
+               if len(b.body) == 8]  # blocks with an expansion conv
+    assert expands and set(expands) == {2}
+    with pytest.raises(ValueError, match="lfe_expand"):
+        build_model("e2emal", "tiny", num_outputs=6, word_vectors=_ZeroVectors(), lfe_expand=0)
+
+
 def test_every_branch_has_the_spec_shapes(tiny_model) -> None:
     batch = contract_batch(**E2EMAL_BATCH)
     tiny_model.eval()
     with torch.no_grad():
-        assert tiny_model.face_clips(batch).shape == (3, 16, 3, 48, 48)
+        frames = tiny_model.config.video_frames  # the paper's 16; tiny 8
+        assert tiny_model.face_clips(batch).shape == (3, frames, 3, 48, 48)
         spec = tiny_model.audio_input(batch)
         assert spec.shape == (3, 400, 40)
         assert tiny_model.audio_lfe(spec.unsqueeze(1)).shape == (3, 32, 50, 5)
@@ -372,7 +391,7 @@ def test_every_branch_has_the_spec_shapes(tiny_model) -> None:
     assert {k: tuple(v.shape) for k, v in state.outputs.items()} == {
         "logits": (3, 6), "audio": (3, 6), "visual": (3, 6), "text": (3, 6)}
     assert {k: tuple(v.shape) for k, v in state.temporal_attention.items()} == {
-        "audio": (3, 16, 50), "visual": (3, 16, 16), "text": (3, 16, 30)}
+        "audio": (3, 16, 50), "visual": (3, 16, frames), "text": (3, 16, 30)}
     assert state.modality_attention.shape == (3, 32, 3)
     assert tiny_model.text_vectors_description.startswith("glove:")
 

@@ -219,6 +219,7 @@ class E2EMALState(NamedTuple):
 class E2EMALConfig(ModelConfig):
     """E2EMAL's configuration; defaults are the paper's (``models_config.cfg`` of th2l/E2EMAL, CMU-MOSEI)."""
 
+    lfe_expand: int = 12  # expansion of AFCNet's stages 2 and 3 (the paper's 12; stage 1 keeps 1)
     tcn_filters: tuple[int, ...] = (256, 256)
     tcn_kernel_size: int = 2
     tcn_dilations: tuple[int, ...] = (1, 2, 4, 8)
@@ -260,12 +261,16 @@ class E2EMALConfig(ModelConfig):
             raise ValueError(f"text_vectors must be one of {TEXT_VECTORS}, got {self.text_vectors!r}")
         if self.l2 < 0:
             raise ValueError(f"l2 must be >= 0, got {self.l2}")
+        if self.lfe_expand < 1:
+            raise ValueError(f"lfe_expand must be >= 1, got {self.lfe_expand}")
 
 
 E2EMAL_CONFIGS: dict[str, E2EMALConfig] = {
     "paper": E2EMALConfig(),
-    # CPU smoke runs: narrow TCNs; the LFE, inputs and attention are the paper's.
-    "tiny": E2EMALConfig(tcn_filters=(16, 16)),
+    # CPU smoke runs: narrow TCNs, AFCNet stages 2-3 expanded 2x instead of 12x and 8 faces per clip instead of
+    # 16 (a training step 8.7x faster on 2 CPU cores: 3.6 s -> 0.42 s at batch 16); the LFE layout, the other
+    # inputs and the attention are the paper's.
+    "tiny": E2EMALConfig(tcn_filters=(16, 16), lfe_expand=2, video_frames=8),
 }
 
 
@@ -322,8 +327,9 @@ class E2EMAL(EmotionModel):
         tcn = {"filters": filters, "kernel_size": c.tcn_kernel_size, "dilations": c.tcn_dilations,
                "dropout_rate": c.tcn_dropout}
 
-        self.visual_lfe = AFCNet(3, pooling="max", rescale=True)
-        self.audio_lfe = AFCNet(1, pooling=None, rescale=False)
+        stages = tuple(st._replace(expand=c.lfe_expand) if st.expand != 1 else st for st in AFCNET_STAGES)
+        self.visual_lfe = AFCNet(3, pooling="max", rescale=True, stages=stages)
+        self.audio_lfe = AFCNet(1, pooling=None, rescale=False, stages=stages)
         self.spectrogram = E2EMALSpectrogram(sample_rate=c.sample_rate, n_mels=c.n_mels, frames=c.audio_frames,
                                              mode=c.audio_mode, chunk_pad_quirk=c.chunk_pad_quirk)
         audio_steps, audio_bins = self.audio_lfe.output_hw(c.audio_frames, c.n_mels)
