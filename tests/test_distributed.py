@@ -177,6 +177,36 @@ def test_bad_batch_split_is_one_clear_line(tiny_caches, tmp_path) -> None:
     assert "error: batch_size 3 is not a multiple of the 2 processes" in done.stderr
 
 
+def test_prepare_takes_its_shard_from_the_launchers_rank(tiny_releases, tmp_path, monkeypatch, capsys) -> None:
+    """The fast check of `accelerate launch -m emolib prepare` (the launch itself is the slow test below): with the
+    launcher's RANK / WORLD_SIZE set, `emolib prepare` processes its share only, and the rank that finishes last
+    finalises a cache byte-identical to a one-process run."""
+    from emolib.cli import main
+    from emolib.data.cache import TIMING_FILE
+
+    args = ["prepare", "--dataset", "iemocap", str(tiny_releases["iemocap"])]
+    options = ["--face-size", "48", "--batch", "16", "--device", "cpu"]
+    for rank in (1, 0):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", str(NPROC))
+        assert main([*args, str(tmp_path / "two"), *options]) == 0
+        out = capsys.readouterr().out
+        assert ("cache not finalised yet" in out) == (rank == 1), out
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    assert main([*args, str(tmp_path / "one"), *options]) == 0
+
+    def files(folder: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+                if p.is_file() and p.name != TIMING_FILE}
+
+    mine, reference = files(tmp_path / "two"), files(tmp_path / "one")
+    assert mine and mine == reference
+
+
+# Slow: one accelerate launch (two fresh processes) plus a one-process reference; the test above covers the same
+# code path in this process.
+@pytest.mark.slow
 def test_prepare_in_two_processes_is_byte_identical(tiny_releases, tmp_path) -> None:
     """Same cache, byte for byte, from one and from two processes at the same thread count: MTCNN's float
     results (and so the face boxes) may differ between thread counts, and accelerate launch runs each process at
