@@ -165,6 +165,21 @@ def test_killed_and_resumed_in_two_processes_equals_uninterrupted(runs) -> None:
     assert comparable(resumed) == comparable(full)
 
 
+def test_batch_sizes_must_split_evenly_over_the_processes() -> None:
+    """The fast check behind the launch below: the trainer refuses batch sizes that the processes cannot share."""
+    from emolib.train import TrainConfig, _check_split
+
+    _check_split(TrainConfig(batch_size=3), 1)
+    _check_split(TrainConfig(batch_size=4, eval_batch_size=6), 2)
+    with pytest.raises(ValueError, match="batch_size 3 is not a multiple of the 2 processes"):
+        _check_split(TrainConfig(batch_size=3), 2)
+    with pytest.raises(ValueError, match="eval_batch_size 5 is not a multiple of the 2 processes"):
+        _check_split(TrainConfig(batch_size=4, eval_batch_size=5), 2)
+
+
+# Slow: a whole launch (two fresh processes) for one error line; the test above checks the rule, and
+# test_bad_spec_is_one_line the one-line error of `emolib train`.
+@pytest.mark.slow
 def test_bad_batch_split_is_one_clear_line(tiny_caches, tmp_path) -> None:
     """batch 3 cannot be split over 2 processes: the launch fails, naming the batch size and the processes."""
     spec_file = tmp_path / "odd.yaml"
