@@ -53,6 +53,7 @@ lab: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m emolib.bench
 	$(BIN)/python -m emolib.evaluate efficiency
+	$(BIN)/emolib run params/smoke.yaml --bench 3 --kernel $(KERNEL)
 
 list: $(STAMP)
 	@$(BIN)/emolib list -v

@@ -10,9 +10,29 @@ from pathlib import Path
 def _cmd_run(args: argparse.Namespace) -> int:
     from emolib.pipeline.runner import run_profile
 
+    if args.bench:
+        return _bench_profile(args)
     return run_profile(args.profile, root=Path(args.root) if args.root else None, force=args.force,
                        only=args.only, start_from=args.start_from, dry_run=args.dry_run, kernel=args.kernel,
                        overrides=args.set or (), rehearse=args.rehearse)
+
+
+def _bench_profile(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from emolib.bench.common import BENCH_DIR
+    from emolib.io import write_json
+    from emolib.pipeline.benchmark import bench_profile
+
+    with tempfile.TemporaryDirectory(prefix="emolib-bench-profile-") as tmp:
+        result = bench_profile(Path(tmp), args.profile, repeats=args.bench,
+                               root=Path(args.root) if args.root else None, kernel=args.kernel)
+    path = BENCH_DIR / f"{result['profile']}.json"
+    write_json(path, result)
+    print(f"{result['profile']}: median {result['median_s']:.1f}s over {args.bench} run(s), spread "
+          f"{result['spread_s'][0]:.1f}-{result['spread_s'][1]:.1f}s (target {result['target_s']:.0f}s: "
+          f"{'met' if result['target_met'] else 'not met'}); {path}")
+    return 0
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -228,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", help="repository root (default: the folder above params/)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a parameter in every run that declares it (STEP.KEY=VALUE: one step); YAML values")
+    p.add_argument("--bench", type=int, metavar="N",
+                   help="time the profile N times from clean copies (not the results here) and write "
+                        "results/bench/<profile>.json with where each run's time went")
     p.add_argument("--rehearse", action="store_true",
                    help="rehearse the profile on its synthetic release with the paper-size models, two short epochs, "
                         "into results/<profile>-rehearsal/, and estimate the cost of the real run")

@@ -75,6 +75,12 @@ def test_order_injection_skip_and_force(repo: Path) -> None:
     assert "echo many-y n=7 profile=demo" in text
     assert "echo many-y n=7" in (repo / "results/demo/logs/many__y.log").read_text()
     assert "step" in text and "status" in text  # summary table header
+    # where each run's time went (issue 18): the parts sum to the run's time, here all kernel and untagged cells
+    state = json.loads((repo / "results/demo/.runner/state.json").read_text())
+    for key, entry in state.items():
+        assert set(entry["breakdown"]) <= {"kernel", "other"}, key
+        assert sum(entry["breakdown"].values()) == pytest.approx(entry["seconds"], abs=0.05), key
+    assert "where the time went" in text and "all runs: kernel" in text
 
     code, text = run(repo)
     assert code == 0
@@ -288,3 +294,52 @@ def test_rehearsal_rewrites_the_paper_profile() -> None:
             assert not p.get("split_dir") and not p.get("folds")
         tables = next(r for r in profile.runs if r.step == "tables")
         assert tables.parameters["rehearsal"] is True
+
+
+def test_stage_seconds_from_tagged_cells(tmp_path: Path) -> None:
+    from emolib.pipeline.runner import STAGES, format_breakdown, stage_seconds
+
+    nb = nbformat.v4.new_notebook()
+    for seconds, tags in ((0.5, ["parameters"]), (2.0, ["stage:prepare"]), (3.0, ["stage:train"]),
+                          (1.0, ["stage:train", "other-tag"]), (0.25, []), (0.5, ["stage:unknown"])):
+        cell = nbformat.v4.new_code_cell("pass")
+        cell.metadata.update(tags=tags, papermill={"duration": seconds})
+        nb.cells.append(cell)
+    nb.cells.append(nbformat.v4.new_markdown_cell("text"))
+    path = tmp_path / "run.ipynb"
+    nbformat.write(nb, path)
+    parts = stage_seconds(path, wall=10.0)
+    assert parts == {"kernel": 2.75, "prepare": 2.0, "train": 4.0, "other": 1.25}
+    assert list(parts) == [k for k in ("kernel", *STAGES, "other") if k in parts]
+    assert format_breakdown(parts) == "kernel 2.8s, prepare 2.0s, train 4.0s, other 1.2s"
+    assert stage_seconds(tmp_path / "missing.ipynb", wall=1.5) == {"kernel": 1.5}
+
+
+def test_every_stage_tag_in_the_notebooks_is_known() -> None:
+    from emolib.pipeline.runner import STAGES
+
+    root = Path(__file__).resolve().parents[1] / "notebooks"
+    seen = set()
+    for path in sorted(root.glob("*.ipynb")):
+        for cell in nbformat.read(path, as_version=4).cells:
+            seen |= {t.split(":", 1)[1] for t in cell.metadata.get("tags", []) if t.startswith("stage:")}
+    assert seen == set(STAGES)
+
+
+def test_profile_benchmark_times_a_profile_from_scratch(repo: Path, tmp_path: Path) -> None:
+    """emolib run --bench on a one-step profile: fresh folder per repeat, breakdown kept, median and spread."""
+    from emolib.pipeline.benchmark import bench_profile
+
+    (repo / "params" / "one.yaml").write_text(
+        "name: one\nsteps:\n  - {name: s, notebook: notebooks/echo.ipynb, parameters: {label: a, "
+        "out_file: out/t.json}}\n")
+    result = bench_profile(tmp_path / "work", "one", repeats=2, root=repo)
+    assert len(result["repeats"]) == 2 and result["median_s"] > 0 and result["profile"] == "one"
+    assert result["spread_s"] == [min(result["wall_s"]), max(result["wall_s"])]
+    for rep in result["repeats"]:
+        assert list(rep["runs"]) == ["s"] and rep["runs"]["s"]["seconds"] <= rep["wall_s"]
+        assert sum(rep["stages"].values()) == pytest.approx(rep["runs"]["s"]["seconds"], abs=0.05)
+    assert result["target_met"] == (result["median_s"] <= result["target_s"]) and result["hardware"]["cpu_count"]
+    assert not (repo / "results" / "one").exists()  # the repository's own results are not touched
+    with pytest.raises(ValueError, match="repeats"):
+        bench_profile(tmp_path / "w2", "one", repeats=0, root=repo)

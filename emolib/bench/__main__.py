@@ -12,6 +12,9 @@ machines.
   REHEARSE=iemocap``), also the effect of the lossy settings on its test metrics.
 - ``distributed-cpu``: the same training run in one process and in two (accelerate launch, gloo), and on one GPU
   when there is one (``emolib.bench.distributed``).
+
+The smoke profile itself is timed by ``emolib run smoke --bench 3`` (``emolib.pipeline.benchmark``: it sits above
+the runner), which ``make bench`` runs too.
 """
 
 from __future__ import annotations

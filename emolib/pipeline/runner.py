@@ -25,6 +25,10 @@ from emolib.pipeline.profile import Profile, ProfileError, Run
 
 KERNEL_NAME = "emo"
 
+STAGES = ("synth", "prepare", "train", "evaluate", "tables")
+"""Where a run's time goes. A notebook cell tagged ``stage:<name>`` counts for that stage; untagged cells count as
+"other"; "kernel" is the rest of the run's wall time (kernel start and shutdown, papermill, writing the notebook)."""
+
 
 class RunnerError(Exception):
     """A problem found before executing anything (bad selection, notebook missing, undeclared parameter)."""
@@ -39,6 +43,31 @@ class Outcome:
     log: Path | None = None
     error: str = ""
     missing_outputs: list[Path] = field(default_factory=list)
+    breakdown: dict[str, float] = field(default_factory=dict)
+
+
+def stage_seconds(notebook: Path, wall: float) -> dict[str, float]:
+    """Seconds per part of one run, from the executed notebook's papermill cell durations (see ``STAGES``):
+    ``{"kernel": ..., <stage>: ..., "other": ...}``, parts with no time left out, summing to ``wall``."""
+    import nbformat
+
+    parts = dict.fromkeys(("kernel", *STAGES, "other"), 0.0)
+    try:
+        nb = nbformat.read(str(notebook), as_version=4)
+    except (OSError, ValueError):  # no notebook written (a run that failed to start)
+        return {"kernel": round(wall, 2)}
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        seconds = float(cell.metadata.get("papermill", {}).get("duration") or 0.0)
+        stage = next((t.split(":", 1)[1] for t in cell.metadata.get("tags", []) if t.startswith("stage:")), "other")
+        parts[stage if stage in parts else "other"] += seconds
+    parts["kernel"] = max(0.0, wall - sum(parts.values()))
+    return {k: round(v, 2) for k, v in parts.items() if v > 0}
+
+
+def format_breakdown(parts: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.1f}s" for k, v in parts.items())
 
 
 def results_dir(profile: Profile) -> Path:
@@ -293,6 +322,7 @@ class Runner:
                 if outcome.status == "failed":
                     log_fh.write(f"\nFAILED: {outcome.error}\n")
             outcome.seconds = time.monotonic() - t0
+            outcome.breakdown = stage_seconds(nb_out, outcome.seconds)
             if outcome.status == "ran":
                 outcome.missing_outputs = [p for p in run.outputs if not p.exists()]
                 if outcome.missing_outputs:
@@ -308,7 +338,7 @@ class Runner:
             else:
                 self._print(f"{head}: done in {outcome.seconds:.1f}s")
                 state[run.key] = {"fingerprint": fp, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                  "seconds": round(outcome.seconds, 2),
+                                  "seconds": round(outcome.seconds, 2), "breakdown": outcome.breakdown,
                                   # the run records this run wrote (new or rewritten), for cost estimates
                                   "records": sorted(_rel(p, self.base) for p, m in self._records().items()
                                                     if before.get(p) != m)}
@@ -319,17 +349,24 @@ class Runner:
 
     def summary(self, outcomes: list[Outcome], total: float) -> None:
         root = self.profile.root
-        rows = [("step", "status", "time", "outputs")]
+        rows = [("step", "status", "time", "where the time went", "outputs")]
+        totals: dict[str, float] = {}
         for o in outcomes:
             outs = [_rel(p, root) for p in o.run.outputs] or ([_rel(o.notebook_out, root)] if o.notebook_out else [])
-            rows.append((o.run.key, o.status, f"{o.seconds:.1f}s" if o.status in ("ran", "failed") else "-",
-                         ", ".join(outs)))
-        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+            ran = o.status in ("ran", "failed")
+            rows.append((o.run.key, o.status, f"{o.seconds:.1f}s" if ran else "-",
+                         format_breakdown(o.breakdown) if ran else "-", ", ".join(outs)))
+            for k, v in (o.breakdown if ran else {}).items():
+                totals[k] = totals.get(k, 0.0) + v
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
         self._print("")
         for j, r in enumerate(rows):
-            self._print("  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3])
+            self._print("  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4])
             if j == 0:
                 self._print("  ".join("-" * w for w in widths) + "  -------")
+        if totals:
+            order = ("kernel", *STAGES, "other")
+            self._print("all runs: " + format_breakdown({k: totals[k] for k in order if k in totals}))
         self._print(f"\nprofile {self.profile.name}: {total:.1f}s; executed notebooks in "
                     f"{_rel(self.base / 'notebooks', root)}/, logs in {_rel(self.base / 'logs', root)}/")
 

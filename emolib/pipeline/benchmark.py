@@ -1,0 +1,74 @@
+"""The main job timed (issue 18): ``emolib run <profile> --bench N`` (``make bench`` runs the smoke profile, what
+``make reproduce`` runs) from a clean results folder, N times, with where each run's time went; the record goes to
+``results/bench/<profile>.json``.
+
+Each repeat copies the notebooks, the profile file and ``results/published`` into a fresh folder, as a clean clone
+has them (the installed ``.venv`` is reused: setup is not part of the measurement), and runs the profile there
+through the pipeline runner. The runner's breakdown of every run (``emolib.pipeline.runner.stage_seconds``:
+kernel, synth, prepare, train, evaluate, tables, other) is kept per repeat and summed per stage. The record holds
+the median and the spread (min, max) of the repeats' wall times and whether the median meets ``TARGET_S``.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from emolib.bench.common import hardware
+
+TARGET_S = 600.0
+"""Issue 18: the smoke profile in 10 minutes or less on the 2-core CPU machine, after setup."""
+
+
+def _fresh_root(profile_path: Path, source: Path, dest: Path, name: str) -> None:
+    shutil.copytree(source / "notebooks", dest / "notebooks")
+    (dest / "params").mkdir(parents=True)
+    shutil.copy2(profile_path, dest / "params" / f"{name}.yaml")
+    published = source / "results" / "published"
+    if published.is_dir():
+        shutil.copytree(published, dest / "results" / "published")
+
+
+def bench_profile(workdir: Path, profile: str = "smoke", *, repeats: int = 3, root: Path | None = None,
+                  kernel: str | None = None) -> dict[str, Any]:
+    """Run the profile (a name or a file, as ``emolib run`` takes it) ``repeats`` times from scratch under
+    ``workdir``; see the module docstring. A failed run raises with the end of the runner's output."""
+    from emolib.io import read_json
+    from emolib.pipeline.profile import load_profile
+    from emolib.pipeline.runner import STAGES, run_profile
+
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    prof = load_profile(profile, root)
+    name = prof.name
+    order = ("kernel", *STAGES, "other")
+    done = []
+    for i in range(repeats):
+        work = Path(workdir) / f"repeat-{i}"
+        _fresh_root(prof.path, prof.root, work, name)
+        out = io.StringIO()
+        t0 = time.monotonic()
+        code = run_profile(name, root=work, out=out, kernel=kernel)
+        wall = time.monotonic() - t0
+        if code != 0:
+            raise RuntimeError(f"profile {name} failed in repeat {i} (exit {code}):\n{out.getvalue()[-3000:]}")
+        state = read_json(work / "results" / name / ".runner" / "state.json")
+        runs = {key: {"seconds": entry["seconds"], "breakdown": entry.get("breakdown", {})}
+                for key, entry in state.items()}
+        stages = {k: round(sum(r["breakdown"].get(k, 0.0) for r in runs.values()), 2) for k in order}
+        done.append({"wall_s": round(wall, 2), "runs": runs, "stages": {k: v for k, v in stages.items() if v}})
+        shutil.rmtree(work, ignore_errors=True)
+    walls = [r["wall_s"] for r in done]
+    median = statistics.median(walls)
+    return {
+        "benchmark": name, "profile": name, "repeats": done, "wall_s": walls,
+        "median_s": round(median, 2), "spread_s": [min(walls), max(walls)],
+        "target_s": TARGET_S, "target_met": median <= TARGET_S, "hardware": hardware(),
+        "notes": ["each repeat: a fresh folder with the notebooks, the profile and results/published, the installed "
+                  "environment reused (setup not timed); runs: the runner's per-run breakdown (kernel = kernel "
+                  "start and shutdown, papermill and writing the notebook; other = untagged cells)"],
+    }
