@@ -26,7 +26,7 @@ def _bench_profile(args: argparse.Namespace) -> int:
 
     with tempfile.TemporaryDirectory(prefix="emolib-bench-profile-") as tmp:
         result = bench_profile(Path(tmp), args.profile, repeats=args.bench,
-                               root=Path(args.root) if args.root else None, kernel=args.kernel)
+                               root=Path(args.root) if args.root else None, kernel=args.kernel, out=sys.stdout)
     path = BENCH_DIR / f"{result['profile']}.json"
     write_json(path, result)
     print(f"{result['profile']}: median {result['median_s']:.1f}s over {args.bench} run(s), spread "

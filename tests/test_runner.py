@@ -333,7 +333,9 @@ def test_profile_benchmark_times_a_profile_from_scratch(repo: Path, tmp_path: Pa
     (repo / "params" / "one.yaml").write_text(
         "name: one\nsteps:\n  - {name: s, notebook: notebooks/echo.ipynb, parameters: {label: a, "
         "out_file: out/t.json}}\n")
-    result = bench_profile(tmp_path / "work", "one", repeats=2, root=repo)
+    console = io.StringIO()
+    result = bench_profile(tmp_path / "work", "one", repeats=2, root=repo, out=console)
+    assert "one: repeat 2 of 2" in console.getvalue() and "where the time went" in console.getvalue()
     assert len(result["repeats"]) == 2 and result["median_s"] > 0 and result["profile"] == "one"
     assert result["spread_s"] == [min(result["wall_s"]), max(result["wall_s"])]
     for rep in result["repeats"]:

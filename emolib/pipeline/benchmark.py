@@ -16,9 +16,10 @@ import shutil
 import statistics
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from emolib.bench.common import hardware
+from emolib.pipeline.runner import STAGES, Tee, run_profile
 
 TARGET_S = 600.0
 """Issue 18: the smoke profile in 10 minutes or less on the 2-core CPU machine, after setup."""
@@ -34,12 +35,12 @@ def _fresh_root(profile_path: Path, source: Path, dest: Path, name: str) -> None
 
 
 def bench_profile(workdir: Path, profile: str = "smoke", *, repeats: int = 3, root: Path | None = None,
-                  kernel: str | None = None) -> dict[str, Any]:
+                  kernel: str | None = None, out: TextIO | None = None) -> dict[str, Any]:
     """Run the profile (a name or a file, as ``emolib run`` takes it) ``repeats`` times from scratch under
-    ``workdir``; see the module docstring. A failed run raises with the end of the runner's output."""
+    ``workdir``; see the module docstring. The runner's output also goes to ``out`` (the console from the CLI). A
+    failed run raises with the end of the runner's output."""
     from emolib.io import read_json
     from emolib.pipeline.profile import load_profile
-    from emolib.pipeline.runner import STAGES, run_profile
 
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -50,12 +51,14 @@ def bench_profile(workdir: Path, profile: str = "smoke", *, repeats: int = 3, ro
     for i in range(repeats):
         work = Path(workdir) / f"repeat-{i}"
         _fresh_root(prof.path, prof.root, work, name)
-        out = io.StringIO()
+        captured = io.StringIO()
+        if out is not None:
+            out.write(f"--- {name}: repeat {i + 1} of {repeats} in {work}\n")
         t0 = time.monotonic()
-        code = run_profile(name, root=work, out=out, kernel=kernel)
+        code = run_profile(name, root=work, out=Tee(captured, out) if out is not None else captured, kernel=kernel)
         wall = time.monotonic() - t0
         if code != 0:
-            raise RuntimeError(f"profile {name} failed in repeat {i} (exit {code}):\n{out.getvalue()[-3000:]}")
+            raise RuntimeError(f"profile {name} failed in repeat {i} (exit {code}):\n{captured.getvalue()[-3000:]}")
         state = read_json(work / "results" / name / ".runner" / "state.json")
         runs = {key: {"seconds": entry["seconds"], "breakdown": entry.get("breakdown", {})}
                 for key, entry in state.items()}

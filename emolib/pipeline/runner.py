@@ -176,7 +176,7 @@ def _input_digest(path: Path) -> str:
     return "missing"
 
 
-class _Tee:
+class Tee:
     """File-like object papermill writes cell streams to: console and log file at once."""
 
     def __init__(self, *targets: TextIO) -> None:
@@ -306,7 +306,7 @@ class Runner:
             before = self._records()
             outcome = Outcome(run, "ran", notebook_out=nb_out, log=log)
             with open(log, "w", encoding="utf-8") as log_fh:
-                tee = _Tee(self.out, log_fh)
+                tee = Tee(self.out, log_fh)
                 try:
                     papermill.execute_notebook(
                         str(run.notebook), str(nb_out), parameters=params, kernel_name=kernel,
