@@ -34,17 +34,21 @@ from emolib.bench.common import decode_and_detect_seconds, hardware
 GRID_EPS = 1e-6
 
 
-def _visual_latency(size: str, device: torch.device, batch: int, repeats: int) -> dict[str, Any]:
+def _warmed_visual_branch(size: str, device: torch.device, batch: int) -> tuple[torch.nn.Module, torch.Tensor]:
+    """FV2ES's visual branch (seed 0) with warmed BN statistics, and a batch of ``batch`` random uint8 faces."""
     from emolib.models import build_model
-    from emolib.models.blocks import count_parameters
-    from emolib.models.fv2es import FV2ES
-    from emolib.recipes.fv2es import reparameterisation_report
 
     torch.manual_seed(0)
-    model: FV2ES = build_model("fv2es", size, num_outputs=6, modalities="v").to(device)
-    branch = model.visual
+    branch = build_model("fv2es", size, num_outputs=6, modalities="v").to(device).visual
     _warm_bn(branch, device)
-    faces = torch.randint(0, 256, (batch, 3, 48, 48), dtype=torch.uint8, device=device)
+    return branch, torch.randint(0, 256, (batch, 3, 48, 48), dtype=torch.uint8, device=device)
+
+
+def _visual_latency(size: str, device: torch.device, batch: int, repeats: int) -> dict[str, Any]:
+    from emolib.models.blocks import count_parameters
+    from emolib.recipes.fv2es import reparameterisation_report
+
+    branch, faces = _warmed_visual_branch(size, device, batch)
     lengths = torch.full((batch // 8,), 8, dtype=torch.long)
     cnn = reparameterisation_report(branch.backbone, branch.prep(faces), repeats=repeats)
     multi = copy.deepcopy(branch).eval()
@@ -94,12 +98,7 @@ FAST_PATHS = (("no_grad", "contiguous", False), ("inference_mode", "contiguous",
 def _cnn_fast_paths(size: str, device: torch.device, batch: int, repeats: int) -> dict[str, Any]:
     """The visual CNN (RepVGG) multi-branch vs re-parameterised, each under every setting of ``FAST_PATHS``: the
     honest speed-up of re-parameterisation compares each form at its own best setting (issue 18)."""
-    from emolib.models import build_model
-
-    torch.manual_seed(0)
-    branch = build_model("fv2es", size, num_outputs=6, modalities="v").to(device).visual
-    _warm_bn(branch, device)
-    faces = torch.randint(0, 256, (batch, 3, 48, 48), dtype=torch.uint8, device=device)
+    branch, faces = _warmed_visual_branch(size, device, batch)
     with torch.no_grad():
         x = branch.prep(faces)
     reference = None

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from emolib.bench.common import hardware
-from emolib.pipeline.runner import STAGES, Tee, run_profile
+from emolib.pipeline.runner import Tee, run_profile, sum_breakdowns
 
 TARGET_S = 600.0
 """Issue 18: the smoke profile in 10 minutes or less on the 2-core CPU machine, after setup."""
@@ -46,7 +46,6 @@ def bench_profile(workdir: Path, profile: str = "smoke", *, repeats: int = 3, ro
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     prof = load_profile(profile, root)
     name = prof.name
-    order = ("kernel", *STAGES, "other")
     done = []
     for i in range(repeats):
         work = Path(workdir) / f"repeat-{i}"
@@ -62,8 +61,8 @@ def bench_profile(workdir: Path, profile: str = "smoke", *, repeats: int = 3, ro
         state = read_json(work / "results" / name / ".runner" / "state.json")
         runs = {key: {"seconds": entry["seconds"], "breakdown": entry.get("breakdown", {})}
                 for key, entry in state.items()}
-        stages = {k: round(sum(r["breakdown"].get(k, 0.0) for r in runs.values()), 2) for k in order}
-        done.append({"wall_s": round(wall, 2), "runs": runs, "stages": {k: v for k, v in stages.items() if v}})
+        done.append({"wall_s": round(wall, 2), "runs": runs,
+                     "stages": sum_breakdowns(r["breakdown"] for r in runs.values())})
         shutil.rmtree(work, ignore_errors=True)
     walls = [r["wall_s"] for r in done]
     median = statistics.median(walls)

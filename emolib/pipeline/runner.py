@@ -28,6 +28,7 @@ KERNEL_NAME = "emo"
 STAGES = ("synth", "prepare", "train", "evaluate", "tables")
 """Where a run's time goes. A notebook cell tagged ``stage:<name>`` counts for that stage; untagged cells count as
 "other"; "kernel" is the rest of the run's wall time (kernel start and shutdown, papermill, writing the notebook)."""
+PARTS = ("kernel", *STAGES, "other")
 
 
 class RunnerError(Exception):
@@ -51,7 +52,7 @@ def stage_seconds(notebook: Path, wall: float) -> dict[str, float]:
     ``{"kernel": ..., <stage>: ..., "other": ...}``, parts with no time left out, summing to ``wall``."""
     import nbformat
 
-    parts = dict.fromkeys(("kernel", *STAGES, "other"), 0.0)
+    parts = dict.fromkeys(PARTS, 0.0)
     try:
         nb = nbformat.read(str(notebook), as_version=4)
     except (OSError, ValueError):  # no notebook written (a run that failed to start)
@@ -68,6 +69,15 @@ def stage_seconds(notebook: Path, wall: float) -> dict[str, float]:
 
 def format_breakdown(parts: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.1f}s" for k, v in parts.items())
+
+
+def sum_breakdowns(breakdowns: Iterable[dict[str, float]]) -> dict[str, float]:
+    """The parts of several runs added up, in ``PARTS`` order, parts with no time left out."""
+    totals = dict.fromkeys(PARTS, 0.0)
+    for parts in breakdowns:
+        for k, v in parts.items():
+            totals[k] += v
+    return {k: round(v, 2) for k, v in totals.items() if v > 0}
 
 
 def results_dir(profile: Profile) -> Path:
@@ -350,14 +360,12 @@ class Runner:
     def summary(self, outcomes: list[Outcome], total: float) -> None:
         root = self.profile.root
         rows = [("step", "status", "time", "where the time went", "outputs")]
-        totals: dict[str, float] = {}
         for o in outcomes:
             outs = [_rel(p, root) for p in o.run.outputs] or ([_rel(o.notebook_out, root)] if o.notebook_out else [])
             ran = o.status in ("ran", "failed")
             rows.append((o.run.key, o.status, f"{o.seconds:.1f}s" if ran else "-",
                          format_breakdown(o.breakdown) if ran else "-", ", ".join(outs)))
-            for k, v in (o.breakdown if ran else {}).items():
-                totals[k] = totals.get(k, 0.0) + v
+        totals = sum_breakdowns(o.breakdown for o in outcomes if o.status in ("ran", "failed"))
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         self._print("")
         for j, r in enumerate(rows):
@@ -365,8 +373,7 @@ class Runner:
             if j == 0:
                 self._print("  ".join("-" * w for w in widths) + "  -------")
         if totals:
-            order = ("kernel", *STAGES, "other")
-            self._print("all runs: " + format_breakdown({k: totals[k] for k in order if k in totals}))
+            self._print("all runs: " + format_breakdown(totals))
         self._print(f"\nprofile {self.profile.name}: {total:.1f}s; executed notebooks in "
                     f"{_rel(self.base / 'notebooks', root)}/, logs in {_rel(self.base / 'logs', root)}/")
 
