@@ -14,7 +14,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return _bench_profile(args)
     return run_profile(args.profile, root=Path(args.root) if args.root else None, force=args.force,
                        only=args.only, start_from=args.start_from, dry_run=args.dry_run, kernel=args.kernel,
-                       overrides=args.set or (), rehearse=args.rehearse)
+                       overrides=args.set or (), rehearse=args.rehearse, jobs=args.jobs)
 
 
 def _bench_profile(args: argparse.Namespace) -> int:
@@ -26,7 +26,8 @@ def _bench_profile(args: argparse.Namespace) -> int:
 
     with tempfile.TemporaryDirectory(prefix="emolib-bench-profile-") as tmp:
         result = bench_profile(Path(tmp), args.profile, repeats=args.bench,
-                               root=Path(args.root) if args.root else None, kernel=args.kernel, out=sys.stdout)
+                               root=Path(args.root) if args.root else None, kernel=args.kernel, out=sys.stdout,
+                               jobs=args.jobs)
     path = BENCH_DIR / f"{result['profile']}.json"
     write_json(path, result)
     print(f"{result['profile']}: median {result['median_s']:.1f}s over {args.bench} run(s), spread "
@@ -245,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="start_from", metavar="STEP", help="start at this step and run the rest")
     p.add_argument("--dry-run", action="store_true", help="print the plan without executing")
     p.add_argument("--kernel", help="Jupyter kernel name (default: one bound to this Python, installed if missing)")
+    p.add_argument("--jobs", metavar="N", help="runs at a time, each in its own kernel with the cores shared out "
+                                              "(a number or auto: one per core; default: the profile's jobs, else 1)")
     p.add_argument("--root", help="repository root (default: the folder above params/)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a parameter in every run that declares it (STEP.KEY=VALUE: one step); YAML values")

@@ -274,11 +274,20 @@ def to_builtin(obj: Any) -> Any:
     return obj
 
 
+RECORD_LOG_ENV = "EMOLIB_RECORD_LOG"
+"""Where set (the pipeline runner sets it for each kernel), ``write_record`` appends the path of every record it
+writes to this file: the runner learns which records a run wrote even while other runs write theirs."""
+
+
 def write_record(path: str | os.PathLike, record: Mapping[str, Any]) -> Path:
-    """Validate ``record`` and write it atomically as JSON to ``path``."""
+    """Validate ``record`` and write it atomically as JSON to ``path`` (and note it in ``RECORD_LOG_ENV``)."""
     clean = to_builtin(record)
     validate_record(clean, source=path)
     write_json(path, clean)
+    log = os.environ.get(RECORD_LOG_ENV)
+    if log:
+        with open(log, "a", encoding="utf-8") as fh:
+            fh.write(f"{Path(path).resolve()}\n")
     return Path(path)
 
 

@@ -345,3 +345,107 @@ def test_profile_benchmark_times_a_profile_from_scratch(repo: Path, tmp_path: Pa
     assert not (repo / "results" / "one").exists()  # the repository's own results are not touched
     with pytest.raises(ValueError, match="repeats"):
         bench_profile(tmp_path / "w2", "one", repeats=0, root=repo)
+
+
+CONCURRENT = """
+name: par
+jobs: 2
+steps:
+  - name: make
+    notebook: notebooks/timed.ipynb
+    outputs: ['times/{label}.json']
+    runs:
+      - {id: a, label: a, seconds: 2}
+      - {id: b, label: b, seconds: 0.2}
+  - name: use
+    notebook: notebooks/timed.ipynb
+    inputs: ['times/{src}.json']
+    runs:
+      - {id: b, label: use-b, src: b, record: 'results/par/runs/m/d/p/seed=0.json'}
+  - name: all
+    notebook: notebooks/timed.ipynb
+    parameters: {label: all}
+    inputs: [results/par/runs]
+"""
+
+
+def test_dependencies_follow_declared_inputs_and_outputs(tmp_path: Path) -> None:
+    from emolib.pipeline.runner import dependencies, results_dir
+
+    (tmp_path / "params").mkdir()
+    (tmp_path / "params" / "par.yaml").write_text(CONCURRENT)
+    profile = load_profile("par", tmp_path)
+    deps = dependencies(profile.runs, results_dir(profile))
+    # use:b reads what make:b writes, not make:a; "all" reads the results folder no run declares: waits for all
+    assert deps == {"make:a": set(), "make:b": set(), "use:b": {"make:b"}, "all": {"make:a", "make:b", "use:b"}}
+
+
+def test_runs_at_a_time_start_when_their_inputs_are_written(tmp_path: Path) -> None:
+    shutil.copytree(FIXTURES, tmp_path / "notebooks")
+    (tmp_path / "params").mkdir()
+    (tmp_path / "params" / "par.yaml").write_text(CONCURRENT)
+    out = io.StringIO()
+    assert run_profile("par", root=tmp_path, out=out) == 0, out.getvalue()
+    t = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "times").glob("*.json")}
+    assert t["b"]["start"] < t["a"]["end"] and t["a"]["start"] < t["b"]["end"]  # make:a and make:b overlapped
+    assert t["use-b"]["start"] >= t["b"]["end"] and t["use-b"]["start"] < t["a"]["end"]  # started before a ended
+    assert t["all"]["start"] >= max(t["a"]["end"], t["use-b"]["end"])  # the results-folder reader waits for all
+    assert len({v["pid"] for v in t.values()}) == 4  # a kernel per run
+    # two runs at a time on the cores this process may use: each kernel gets its share as its thread count
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    if "OMP_NUM_THREADS" not in os.environ:
+        assert {v["omp"] for v in t.values()} == {str(max(1, cores // 2))}
+    text = out.getvalue()
+    assert "2 runs at a time" in text
+    assert "[make:a] timed a done" in text and "[make:b] timed b done" in text  # console lines carry the run
+    state = json.loads((tmp_path / "results" / "par" / ".runner" / "state.json").read_text())
+    assert state["use:b"]["records"] == ["runs/m/d/p/seed=0.json"] and state["make:a"]["records"] == []
+    # one at a time on request: runs never overlap
+    out = io.StringIO()
+    assert run_profile("par", root=tmp_path, out=out, force=True, jobs=1) == 0
+    t = sorted((json.loads(p.read_text()) for p in (tmp_path / "times").glob("*.json")), key=lambda v: v["start"])
+    assert all(x["end"] <= y["start"] for x, y in zip(t, t[1:]))
+    assert "runs at a time" not in out.getvalue()
+
+
+def test_a_failure_lets_running_runs_finish_and_starts_nothing_new(tmp_path: Path) -> None:
+    shutil.copytree(FIXTURES, tmp_path / "notebooks")
+    (tmp_path / "params").mkdir()
+    (tmp_path / "params" / "par.yaml").write_text("""
+name: par
+jobs: 2
+steps:
+  - {name: bad, notebook: notebooks/fail.ipynb}
+  - {name: slow, notebook: notebooks/timed.ipynb, parameters: {label: slow, seconds: 2}}
+  - {name: later, notebook: notebooks/timed.ipynb, parameters: {label: later}}
+""")
+    out = io.StringIO()
+    assert run_profile("par", root=tmp_path, out=out) == 1
+    assert (tmp_path / "times" / "slow.json").exists() and not (tmp_path / "times" / "later.json").exists()
+    summary = out.getvalue()
+    assert "bad: FAILED" in summary and "[3/3] later" not in summary
+    assert any(line.startswith("later") and "not run" in line for line in summary.splitlines())
+
+
+@pytest.mark.parametrize("value", [0, -1, "two", 1.5, True])
+def test_bad_jobs_value_is_one_clear_error(tmp_path: Path, value, capsys) -> None:
+    (tmp_path / "params").mkdir()
+    steps = "steps:\n  - {name: s, notebook: x.ipynb}\n"
+    (tmp_path / "params" / "p.yaml").write_text(f"jobs: {json.dumps(value)}\n{steps}")
+    assert run_profile("p", root=tmp_path, out=io.StringIO()) == 2
+    assert "jobs: must be a whole number >= 1 or 'auto'" in capsys.readouterr().err
+
+
+def test_write_record_notes_its_path_where_the_runner_asks(tmp_path: Path, monkeypatch) -> None:
+    from test_records import make_record
+
+    from emolib.records import RECORD_LOG_ENV, record_path, write_record
+
+    log = tmp_path / "written.txt"
+    monkeypatch.setenv(RECORD_LOG_ENV, str(log))
+    paths = [record_path(tmp_path, "p", "fe2e", "iemocap", "dai-iemocap", s) for s in (0, 1)]
+    for s, path in enumerate(paths):
+        write_record(path, make_record(s))
+    assert log.read_text().splitlines() == [str(p.resolve()) for p in paths]

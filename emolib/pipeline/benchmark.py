@@ -35,7 +35,8 @@ def _fresh_root(profile_path: Path, source: Path, dest: Path, name: str) -> None
 
 
 def bench_profile(workdir: Path, profile: str = "smoke", *, repeats: int = 3, root: Path | None = None,
-                  kernel: str | None = None, out: TextIO | None = None) -> dict[str, Any]:
+                  kernel: str | None = None, out: TextIO | None = None,
+                  jobs: int | str | None = None) -> dict[str, Any]:
     """Run the profile (a name or a file, as ``emolib run`` takes it) ``repeats`` times from scratch under
     ``workdir``; see the module docstring. The runner's output also goes to ``out`` (the console from the CLI). A
     failed run raises with the end of the runner's output."""
@@ -54,7 +55,8 @@ def bench_profile(workdir: Path, profile: str = "smoke", *, repeats: int = 3, ro
         if out is not None:
             out.write(f"--- {name}: repeat {i + 1} of {repeats} in {work}\n")
         t0 = time.monotonic()
-        code = run_profile(name, root=work, out=Tee(captured, out) if out is not None else captured, kernel=kernel)
+        code = run_profile(name, root=work, out=Tee(captured, out) if out is not None else captured, kernel=kernel,
+                           jobs=jobs)
         wall = time.monotonic() - t0
         if code != 0:
             raise RuntimeError(f"profile {name} failed in repeat {i} (exit {code}):\n{captured.getvalue()[-3000:]}")
@@ -64,12 +66,15 @@ def bench_profile(workdir: Path, profile: str = "smoke", *, repeats: int = 3, ro
         done.append({"wall_s": round(wall, 2), "runs": runs,
                      "stages": sum_breakdowns(r["breakdown"] for r in runs.values())})
         shutil.rmtree(work, ignore_errors=True)
+    from emolib.pipeline.runner import resolve_jobs
+
     walls = [r["wall_s"] for r in done]
     median = statistics.median(walls)
     return {
         "benchmark": name, "profile": name, "repeats": done, "wall_s": walls,
         "median_s": round(median, 2), "spread_s": [min(walls), max(walls)],
         "target_s": TARGET_S, "target_met": median <= TARGET_S, "hardware": hardware(),
+        "jobs": resolve_jobs(prof.jobs if jobs is None else jobs),
         "notes": ["each repeat: a fresh folder with the notebooks, the profile and results/published, the installed "
                   "environment reused (setup not timed); runs: the runner's per-run breakdown (kernel = kernel "
                   "start and shutdown, papermill and writing the notebook; other = untagged cells)"],

@@ -5,6 +5,7 @@ A profile file::
     name: smoke                      # optional, defaults to the file stem
     description: ...
     kernel: emo                      # optional Jupyter kernel name
+    jobs: auto                       # optional: runs at a time (default 1; auto: one per CPU core)
     parameters: {device: cpu}        # given to every run whose notebook declares the name
     inputs: [emolib]                 # declared inputs of every step (files or folders)
     steps:
@@ -34,7 +35,7 @@ import yaml
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _STEP_KEYS = {"name", "notebook", "parameters", "inputs", "outputs", "runs", "description"}
-_PROFILE_KEYS = {"name", "description", "kernel", "parameters", "inputs", "steps"}
+_PROFILE_KEYS = {"name", "description", "kernel", "jobs", "parameters", "inputs", "steps"}
 
 
 class ProfileError(Exception):
@@ -67,6 +68,8 @@ class Profile:
     description: str = ""
     kernel: str | None = None
     runs: list[Run] = field(default_factory=list)
+    # Runs executed at a time by the runner (``emolib.pipeline.runner``): an int >= 1, or "auto" (one per CPU core).
+    jobs: int | str = 1
 
     @property
     def steps(self) -> list[str]:
@@ -112,7 +115,8 @@ def load_profile(arg: str | Path, root: Path | None = None, *, adjust: Adjust | 
     steps = data.get("steps")
     if not isinstance(steps, list) or not steps:
         raise ProfileError(f"{path}: 'steps' must be a non-empty list")
-    profile = Profile(name, path, root, str(data.get("description") or ""), data.get("kernel"))
+    profile = Profile(name, path, root, str(data.get("description") or ""), data.get("kernel"),
+                      jobs=check_jobs(data.get("jobs", 1), f"{path}: jobs"))
     seen: set[str] = set()
     for i, step in enumerate(steps, 1):
         for run in _expand_step(path, root, i, step, common, common_inputs, name, adjust):
@@ -166,6 +170,15 @@ def _expand_step(path, root, index, step, common, common_inputs, profile_name, a
         out.append(Run(name, f"{name}:{run_id}", notebook, p, common_inputs + files(raw_inputs, p, where),
                        files(raw_outputs, p, where), optional - set(extra)))
     return out
+
+
+def check_jobs(value: Any, where: str = "jobs") -> int | str:
+    """A valid ``jobs`` value (an int >= 1 or "auto"), or a ProfileError naming ``where``."""
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    if isinstance(value, str) and value.isdigit() and int(value) >= 1:
+        return int(value)
+    raise ProfileError(f"{where}: must be a whole number >= 1 or 'auto', got {value!r}")
 
 
 def _reject_unknown(path, where, data, allowed) -> None:

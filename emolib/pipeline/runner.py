@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import TextIO
 
 from emolib.io import read_json, sha256_file, write_json
-from emolib.pipeline.profile import Profile, ProfileError, Run
+from emolib.pipeline.profile import Profile, ProfileError, Run, check_jobs
+from emolib.records import RECORD_LOG_ENV
 
 KERNEL_NAME = "emo"
 
@@ -45,6 +46,7 @@ class Outcome:
     error: str = ""
     missing_outputs: list[Path] = field(default_factory=list)
     breakdown: dict[str, float] = field(default_factory=dict)
+    records: list[str] = field(default_factory=list)  # run records written, relative to the results folder
 
 
 def stage_seconds(notebook: Path, wall: float) -> dict[str, float]:
@@ -186,6 +188,97 @@ def _input_digest(path: Path) -> str:
     return "missing"
 
 
+def resolve_jobs(jobs: int | str) -> int:
+    """Runs at a time: ``jobs`` itself, or for "auto" one per CPU core this process may use."""
+    jobs = check_jobs(jobs)
+    if jobs == "auto":
+        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    return int(jobs)
+
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def kernel_env(jobs: int) -> dict[str, str]:
+    """Environment for the kernels when ``jobs`` run at once: the cores shared out (torch, MKL and OpenMP read
+    these at start), so that concurrent runs do not oversubscribe the machine (several threads per core slowed
+    training steps up to 7x in our measurement). A thread count set by the user is kept."""
+    if jobs <= 1:
+        return {}
+    threads = str(max(1, resolve_jobs("auto") // jobs))
+    return {name: os.environ.get(name, threads) for name in THREAD_VARIABLES}
+
+
+def env_kernel_manager(env: dict[str, str]):
+    """A kernel manager class (papermill's ``kernel_manager_class``) whose kernels start with ``env`` added to
+    this process's environment: per-run variables without touching ``os.environ``, which concurrent runs share."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    extra = dict(env)
+
+    class EnvKernelManager(AsyncKernelManager):
+        async def start_kernel(self, **kw):  # type: ignore[override]
+            kw["env"] = {**os.environ, **(kw.get("env") or {}), **extra}
+            return await super().start_kernel(**kw)
+
+    return EnvKernelManager
+
+
+def _overlaps(a: Path, b: Path) -> bool:
+    return a == b or a in b.parents or b in a.parents
+
+
+def dependencies(runs: list[Run], base: Path) -> dict[str, set[str]]:
+    """For each run (in profile order), the earlier runs it must wait for.
+
+    A run waits for the earlier runs whose declared outputs lie at, under or above one of its declared inputs.
+    An input inside the results folder ``base`` that no earlier run declares (``results/<profile>/runs``: every
+    training run writes there) makes it wait for every earlier run, so a step that reads what all others wrote
+    (robustness, tables) starts last. Inputs outside ``base`` (the package, ``results/published``) order nothing."""
+    deps: dict[str, set[str]] = {}
+    for i, run in enumerate(runs):
+        need: set[str] = set()
+        for inp in run.inputs:
+            producers = {e.key for e in runs[:i] if any(_overlaps(inp, o) for o in e.outputs)}
+            if producers:
+                need |= producers
+            elif _overlaps(inp, base):
+                need |= {e.key for e in runs[:i]}
+        deps[run.key] = need
+    return deps
+
+
+class LinePrefix:
+    """Console writer for concurrent runs: whole lines only, each starting with ``prefix`` (the run's key)."""
+
+    _lock = None
+
+    def __init__(self, target: TextIO, prefix: str) -> None:
+        import threading
+
+        if LinePrefix._lock is None:
+            LinePrefix._lock = threading.Lock()
+        self.target, self.prefix, self.partial = target, prefix, ""
+
+    def write(self, text: str) -> int:
+        # tqdm-style carriage returns end a line too (otherwise one line would hold a whole progress bar's history)
+        lines = (self.partial + text.replace("\r", "\n")).split("\n")
+        self.partial = lines.pop()
+        if lines:
+            with LinePrefix._lock:
+                self.target.write("".join(f"{self.prefix}{line}\n" for line in lines if line.strip()))
+                self.target.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        pass  # partial lines wait for their end (flush_partial at the end of the run)
+
+    def flush_partial(self) -> None:
+        if self.partial.strip():
+            self.write("\n")
+        self.partial = ""
+
+
 class Tee:
     """File-like object papermill writes cell streams to: console and log file at once."""
 
@@ -223,10 +316,12 @@ def ensure_kernel(name: str = KERNEL_NAME) -> str:
 
 
 class Runner:
-    def __init__(self, profile: Profile, *, force: bool = False, kernel: str | None = None, out: TextIO = sys.stdout):
+    def __init__(self, profile: Profile, *, force: bool = False, kernel: str | None = None, out: TextIO = sys.stdout,
+                 jobs: int | str | None = None):
         self.profile = profile
         self.force = force
         self.kernel = kernel or profile.kernel
+        self.jobs = resolve_jobs(profile.jobs if jobs is None else jobs)
         self.out = out
         self.base = results_dir(profile)
         self.state_path = self.base / ".runner" / "state.json"
@@ -243,9 +338,6 @@ class Runner:
 
     def _save_state(self, state: dict) -> None:
         write_json(self.state_path, state)
-
-    def _records(self) -> dict[Path, float]:
-        return {p: p.stat().st_mtime for p in (self.base / "runs").rglob("seed=*.json")}
 
     def _print(self, text: str) -> None:
         self.out.write(text + "\n")
@@ -282,80 +374,129 @@ class Runner:
 
     # execution ---------------------------------------------------------------------------------------------
     def execute(self, runs: list[Run]) -> list[Outcome]:
-        import papermill
-        from papermill.exceptions import PapermillExecutionError
+        """Run ``runs`` in profile order, up to ``jobs`` at a time: a run starts once every run it depends on
+        (``dependencies``) has finished; after a failure nothing new starts and the rest are "not run"."""
+        import threading
+        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
         rows = self.plan(runs)
         kernel = self.kernel or ensure_kernel()
+        jobs = min(self.jobs, len(rows)) or 1
         # Kernels inherit the environment: keep tqdm bars from flooding the streamed console and logs.
         os.environ.setdefault("TQDM_MININTERVAL", "5")
         # papermill streams only stdout/stderr text to the log; a tqdm widget (tqdm.auto in a kernel) never reaches
         # it, so long loops (prepare) report plain progress lines instead (emolib.progress).
         os.environ.setdefault("EMOLIB_PROGRESS", "lines")
+        env = kernel_env(jobs)
+        if jobs > 1:
+            self._print(f"profile {self.profile.name}: {jobs} runs at a time, "
+                        f"{env.get('OMP_NUM_THREADS', 'default')} thread(s) each")
+        deps = dependencies(self.profile.runs, self.base)
+        selected = {run.key for run, *_ in rows}
+        waits = {run.key: deps.get(run.key, set()) & selected for run, *_ in rows}
         state = self._load_state()
-        outcomes: list[Outcome] = []
+        lock = threading.Lock()  # state file and console lines
+        outcomes: dict[str, Outcome] = {}
         start_all = time.monotonic()
+        pending = list(enumerate(rows, 1))
+        running: dict = {}
         failed = False
-        for i, (run, params, _, _) in enumerate(rows, 1):
-            head = f"[{i}/{len(rows)}] {run.key}"
-            nb_out = self.base / "notebooks" / run.output_name
-            log = self.base / "logs" / (run.output_name[: -len(".ipynb")] + ".log")
-            if failed:
-                outcomes.append(Outcome(run, "not run"))
-                continue
-            fp, skip = self._status(run, params, state)
-            if skip:
-                self._print(f"{head}: skipped (notebook, parameters and inputs unchanged)")
-                outcomes.append(Outcome(run, "skipped", 0.0, nb_out, log))
-                continue
-            self._print(f"{head}: running {_rel(run.notebook, self.profile.root)} "
-                        f"(elapsed {time.monotonic() - start_all:.1f}s)")
-            nb_out.parent.mkdir(parents=True, exist_ok=True)
-            log.parent.mkdir(parents=True, exist_ok=True)
-            t0 = time.monotonic()
-            before = self._records()
-            outcome = Outcome(run, "ran", notebook_out=nb_out, log=log)
-            with open(log, "w", encoding="utf-8") as log_fh:
-                tee = Tee(self.out, log_fh)
-                try:
-                    papermill.execute_notebook(
-                        str(run.notebook), str(nb_out), parameters=params, kernel_name=kernel,
-                        progress_bar=False, stdout_file=tee, stderr_file=tee, cwd=str(self.profile.root),
-                    )
-                except PapermillExecutionError as err:
-                    outcome.status = "failed"
-                    outcome.error = (f"{_rel(run.notebook, self.profile.root)}: cell {err.cell_index} "
-                                     f"(execution count {err.exec_count}): {err.ename}: {err.evalue}")
-                except Exception as err:  # noqa: BLE001 - kernel died, notebook unreadable, ...
-                    outcome.status = "failed"
-                    outcome.error = f"{_rel(run.notebook, self.profile.root)}: {type(err).__name__}: {err}"
-                if outcome.status == "failed":
-                    log_fh.write(f"\nFAILED: {outcome.error}\n")
-            outcome.seconds = time.monotonic() - t0
-            outcome.breakdown = stage_seconds(nb_out, outcome.seconds)
-            if outcome.status == "ran":
-                outcome.missing_outputs = [p for p in run.outputs if not p.exists()]
-                if outcome.missing_outputs:
-                    outcome.status = "failed"
-                    outcome.error = "declared output(s) not written: " + ", ".join(
-                        _rel(p, self.profile.root) for p in outcome.missing_outputs)
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            while pending or running:
+                if not failed:
+                    for item in list(pending):
+                        (i, (run, params, _, _)) = item
+                        if len(running) >= jobs:
+                            break
+                        if waits[run.key] - {k for k, o in outcomes.items() if o.status in ("ran", "skipped")}:
+                            continue
+                        pending.remove(item)
+                        head = f"[{i}/{len(rows)}] {run.key}"
+                        fp, skip = self._status(run, params, state)
+                        if skip:
+                            self._print(f"{head}: skipped (notebook, parameters and inputs unchanged)")
+                            outcomes[run.key] = Outcome(run, "skipped", 0.0,
+                                                        self.base / "notebooks" / run.output_name, self._log(run))
+                            continue
+                        self._print(f"{head}: running {_rel(run.notebook, self.profile.root)} "
+                                    f"(elapsed {time.monotonic() - start_all:.1f}s)")
+                        future = pool.submit(self._execute_one, run, params, kernel, env, prefix=jobs > 1)
+                        running[future] = (head, run, fp)
+                if not running:
+                    break  # a failure, or nothing left that can start
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    head, run, fp = running.pop(future)
+                    outcome = future.result()
+                    outcomes[run.key] = outcome
+                    with lock:
+                        if outcome.status == "failed":
+                            failed = True
+                            self._print(f"{head}: FAILED after {outcome.seconds:.1f}s\n  {outcome.error}\n"
+                                        f"  partial notebook: {_rel(outcome.notebook_out, self.profile.root)}\n"
+                                        f"  log: {_rel(outcome.log, self.profile.root)}")
+                            state.pop(run.key, None)
+                        else:
+                            self._print(f"{head}: done in {outcome.seconds:.1f}s")
+                            state[run.key] = {"fingerprint": fp, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                              "seconds": round(outcome.seconds, 2), "breakdown": outcome.breakdown,
+                                              # the run records this run wrote, for cost estimates (rehearsal)
+                                              "records": outcome.records}
+                        self._save_state(state)
+        ordered = [outcomes.get(run.key) or Outcome(run, "not run") for run, *_ in rows]
+        self.summary(ordered, time.monotonic() - start_all)
+        return ordered
+
+    def _log(self, run: Run) -> Path:
+        return self.base / "logs" / (run.output_name[: -len(".ipynb")] + ".log")
+
+    def _execute_one(self, run: Run, params: dict, kernel: str, env: dict[str, str], prefix: bool) -> Outcome:
+        """One papermill execution in its own kernel; the kernel gets ``env`` on top of this process's
+        environment and lists the run records it writes in a file of its own (``RECORD_LOG_ENV``)."""
+        import papermill
+        from papermill.exceptions import PapermillExecutionError
+
+        nb_out = self.base / "notebooks" / run.output_name
+        log = self._log(run)
+        nb_out.parent.mkdir(parents=True, exist_ok=True)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        record_log = self.base / ".runner" / "records" / (run.output_name[: -len(".ipynb")] + ".txt")
+        record_log.parent.mkdir(parents=True, exist_ok=True)
+        record_log.unlink(missing_ok=True)
+        t0 = time.monotonic()
+        outcome = Outcome(run, "ran", notebook_out=nb_out, log=log)
+        with open(log, "w", encoding="utf-8") as log_fh:
+            console = LinePrefix(self.out, f"[{run.key}] ") if prefix else self.out
+            tee = Tee(console, log_fh)
+            try:
+                papermill.execute_notebook(
+                    str(run.notebook), str(nb_out), parameters=params, kernel_name=kernel,
+                    progress_bar=False, stdout_file=tee, stderr_file=tee, cwd=str(self.profile.root),
+                    kernel_manager_class=env_kernel_manager({**env, RECORD_LOG_ENV: str(record_log)}),
+                )
+            except PapermillExecutionError as err:
+                outcome.status = "failed"
+                outcome.error = (f"{_rel(run.notebook, self.profile.root)}: cell {err.cell_index} "
+                                 f"(execution count {err.exec_count}): {err.ename}: {err.evalue}")
+            except Exception as err:  # noqa: BLE001 - kernel died, notebook unreadable, ...
+                outcome.status = "failed"
+                outcome.error = f"{_rel(run.notebook, self.profile.root)}: {type(err).__name__}: {err}"
             if outcome.status == "failed":
-                failed = True
-                self._print(f"{head}: FAILED after {outcome.seconds:.1f}s\n  {outcome.error}\n"
-                            f"  partial notebook: {_rel(nb_out, self.profile.root)}\n"
-                            f"  log: {_rel(log, self.profile.root)}")
-                state.pop(run.key, None)
-            else:
-                self._print(f"{head}: done in {outcome.seconds:.1f}s")
-                state[run.key] = {"fingerprint": fp, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                  "seconds": round(outcome.seconds, 2), "breakdown": outcome.breakdown,
-                                  # the run records this run wrote (new or rewritten), for cost estimates
-                                  "records": sorted(_rel(p, self.base) for p, m in self._records().items()
-                                                    if before.get(p) != m)}
-            self._save_state(state)
-            outcomes.append(outcome)
-        self.summary(outcomes, time.monotonic() - start_all)
-        return outcomes
+                log_fh.write(f"\nFAILED: {outcome.error}\n")
+            if isinstance(console, LinePrefix):
+                console.flush_partial()
+        outcome.seconds = time.monotonic() - t0
+        outcome.breakdown = stage_seconds(nb_out, outcome.seconds)
+        if record_log.is_file():
+            written = {Path(line) for line in record_log.read_text(encoding="utf-8").splitlines() if line}
+            outcome.records = sorted(_rel(p, self.base) for p in written)
+        if outcome.status == "ran":
+            outcome.missing_outputs = [p for p in run.outputs if not p.exists()]
+            if outcome.missing_outputs:
+                outcome.status = "failed"
+                outcome.error = "declared output(s) not written: " + ", ".join(
+                    _rel(p, self.profile.root) for p in outcome.missing_outputs)
+        return outcome
 
     def summary(self, outcomes: list[Outcome], total: float) -> None:
         root = self.profile.root
@@ -387,11 +528,13 @@ def _rel(path: Path, root: Path) -> str:
 
 def run_profile(profile_arg: str, *, root: Path | None = None, force: bool = False, only: str | None = None,
                 start_from: str | None = None, dry_run: bool = False, kernel: str | None = None,
-                out: TextIO = sys.stdout, overrides: Iterable[str] = (), rehearse: bool = False) -> int:
+                out: TextIO = sys.stdout, overrides: Iterable[str] = (), rehearse: bool = False,
+                jobs: int | str | None = None) -> int:
     """CLI entry: returns the process exit code (0 ok, 1 a notebook failed, 2 bad profile or selection).
 
     ``overrides``: ``key=value`` / ``step.key=value`` (``--set``); ``rehearse``: the rehearsal of the profile
-    (``emolib.pipeline.overrides``), ending with the cost estimate of the real run."""
+    (``emolib.pipeline.overrides``), ending with the cost estimate of the real run; ``jobs``: runs at a time
+    (default: the profile's ``jobs``)."""
     from emolib.pipeline.overrides import REHEARSAL_SUFFIX, Adjuster
     from emolib.pipeline.profile import load_profile
 
@@ -401,7 +544,7 @@ def run_profile(profile_arg: str, *, root: Path | None = None, force: bool = Fal
                                name_suffix=REHEARSAL_SUFFIX if rehearse else "")
         adjuster.check()
         runs = select_runs(profile, only, start_from)
-        runner = Runner(profile, force=force, kernel=kernel, out=out)
+        runner = Runner(profile, force=force, kernel=kernel, out=out, jobs=jobs)
         if dry_run:
             runner.dry_run(runs)
             return 0
