@@ -71,7 +71,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
 # Fields that may change between a run and its resumption without changing what is computed.
-_RESUMABLE_CHANGES = ("epochs", "num_workers", "progress")
+_RESUMABLE_CHANGES = ("epochs", "num_workers", "progress", "test_each_epoch")
 _AMP = ("no", "fp16", "bf16", "auto")
 
 
@@ -100,6 +100,10 @@ class TrainConfig:
     # Key of the primary protocol's valid average to select on; "f1+acc" sums two (khanhnd); None: the
     # protocol's own select_key (Dai: f1, E2EMAL: wacc, CH-SIMS: f1). Lower-is-better keys (mae) are negated.
     select_metric: str | None = None
+    # The papers' loops evaluate the test split after every epoch; only the best-valid epoch's test numbers are
+    # reported. False evaluates test only at epochs that improve on valid: the same record (test at the
+    # best-valid epoch), less time, but the per-epoch test curve holds None for the other epochs.
+    test_each_epoch: bool = True
     seed: int = 0
     amp: str = "no"  # no | fp16 | bf16 | auto (bf16 where supported, else fp16); always "no" on CPU
     device: str = "auto"  # auto (GPU when available) | cpu
@@ -412,16 +416,17 @@ def _improved(score: float, best: float | None) -> bool:
     return best is None or score > best
 
 
-def evaluate_epoch(protocols: Sequence[Any], valid: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
-                   class_names: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Valid and test evaluation of every protocol; thresholds are chosen on valid and reused on test."""
-    (v_out, v_lab), (t_out, t_lab) = valid, test
+def evaluate_epoch(protocols: Sequence[Any], valid: tuple[np.ndarray, np.ndarray],
+                   test: tuple[np.ndarray, np.ndarray] | None, class_names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Valid and test evaluation of every protocol; thresholds are chosen on valid and reused on test.
+    ``test`` None: valid only (``"test": None``)."""
+    v_out, v_lab = valid
     results = {}
     for proto in protocols:
         thresholds = proto.choose_thresholds(v_out, v_lab) if proto.needs_thresholds else None
         v = proto.evaluate(v_out, v_lab, list(class_names), thresholds=thresholds)
-        t = proto.evaluate(t_out, t_lab, list(class_names), thresholds=thresholds)
-        results[proto.name] = {"valid": to_builtin(v), "test": to_builtin(t)}
+        t = proto.evaluate(*test, list(class_names), thresholds=thresholds) if test is not None else None
+        results[proto.name] = {"valid": to_builtin(v), "test": to_builtin(t) if t is not None else None}
     return results
 
 
@@ -592,16 +597,21 @@ def train_one_epoch(model: nn.Module, loss: nn.Module, loader: Any, optimizer: A
 @torch.no_grad()
 def predict(model: nn.Module, loader: Any, accelerator: Any, desc: str,
             progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Logits ("logits" head, float32) and labels of a whole split, gathered over processes."""
+    """Logits ("logits" head, float32) and labels of a whole split, gathered over processes.
+
+    The CPU random state is left as it was: iterating a DataLoader draws a seed from it, so otherwise whether a
+    split was evaluated (``TrainConfig.test_each_epoch``) would change the dropout masks of later epochs."""
     model.eval()
     outs, labs = [], []
-    for batch in tqdm(loader, desc=desc, leave=False, disable=not (progress and accelerator.is_main_process)):
-        logits = model(batch)["logits"].float()
-        if logits.ndim != 2:
-            raise ValueError(f"model output 'logits' has shape {tuple(logits.shape)}; expected (B, C)")
-        logits, labels = accelerator.gather_for_metrics((logits.contiguous(), batch["labels"].float().contiguous()))
-        outs.append(logits.cpu())
-        labs.append(labels.cpu())
+    with torch.random.fork_rng(devices=[]):
+        for batch in tqdm(loader, desc=desc, leave=False, disable=not (progress and accelerator.is_main_process)):
+            logits = model(batch)["logits"].float()
+            if logits.ndim != 2:
+                raise ValueError(f"model output 'logits' has shape {tuple(logits.shape)}; expected (B, C)")
+            logits, labels = accelerator.gather_for_metrics((logits.contiguous(),
+                                                             batch["labels"].float().contiguous()))
+            outs.append(logits.cpu())
+            labs.append(labels.cpu())
     if not outs:
         raise ValueError(f"{desc}: the split is empty")
     logits, labels = torch.cat(outs).numpy(), torch.cat(labs).numpy()
@@ -686,9 +696,18 @@ def curves_from_history(history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         for part, value in row["train_parts"].items():
             curves["train_parts"].setdefault(part, []).append(value)
         for split in ("valid", "test"):
-            for proto, average in row[split].items():
+            for proto, average in (row[split] or {}).items():
                 for metric, value in average.items():
                     curves[split].setdefault(proto, {}).setdefault(metric, []).append(value)
+        if row["test"] is None:  # not evaluated (test_each_epoch False, an epoch that did not improve)
+            for metrics in curves["test"].values():
+                for values in metrics.values():
+                    values.append(None)
+    # Epochs before the first evaluated one (none so far: the first epoch always improves) are None too.
+    n = len(curves["epoch"])
+    for metrics in curves["test"].values():
+        for key, values in metrics.items():
+            metrics[key] = [None] * (n - len(values)) + values
     return curves
 
 
@@ -914,28 +933,34 @@ class _Run:
                                 config, epoch, after_step)
         t_train = time.perf_counter() - t0
         valid = predict(self.model, self.valid_loader, acc, f"epoch {epoch} valid", config.progress)
-        test = predict(self.model, self.test_loader, acc, f"epoch {epoch} test", config.progress)
-        t_eval = time.perf_counter() - t0 - t_train
-        results = evaluate_epoch(self.protocols, valid, test, self.class_names)
+        results = evaluate_epoch(self.protocols, valid, None, self.class_names)
         score = self.primary_proto.selection_score(results[self.primary]["valid"], config.select_metric)
+        tested = config.test_each_epoch or self._improves(score)
+        if tested:
+            test = predict(self.model, self.test_loader, acc, f"epoch {epoch} test", config.progress)
+            results = evaluate_epoch(self.protocols, valid, test, self.class_names)
+        t_eval = time.perf_counter() - t0 - t_train
         improved = self._select(epoch, score, results)
         self.state["history"].append({
             "epoch": epoch, "train_loss": stats["loss"], "train_parts": stats["parts"], "lr": lr, "select": score,
             "improved": improved, "time_s": time.perf_counter() - t0,
             # for cost estimates (emolib.rehearsal): seconds per training step and per evaluation batch
             "train_s": t_train, "train_steps": stats["steps"], "eval_s": t_eval,
-            "eval_batches": len(self.valid_loader) + len(self.test_loader),
+            "eval_batches": len(self.valid_loader) + (len(self.test_loader) if tested else 0),
             "valid": {p: r["valid"]["average"] for p, r in results.items()},
-            "test": {p: r["test"]["average"] for p, r in results.items()},
+            "test": {p: r["test"]["average"] for p, r in results.items()} if tested else None,
         })
         log.info("epoch %d/%d: train loss %.4f, valid %s %s = %.4f%s", epoch, config.epochs, stats["loss"],
                  self.primary, config.select_metric or self.primary_proto.select_key, score,
                  " (best)" if improved else "")
 
+    def _improves(self, score: float) -> bool:
+        return _improved(score, self.state["best"]["score"])
+
     def _select(self, epoch: int, score: float, results: dict[str, Any]) -> bool:
         """Dai's rule: keep a strictly better epoch and reset patience, else count down to a stop."""
         state = self.state
-        if _improved(score, state["best"]["score"]):
+        if self._improves(score):
             state["best"] = {"epoch": epoch, "score": score, "metrics": results}
             self.best_state = _cpu_state(self.raw_model)
             state["patience"] = self.config.early_stop

@@ -122,8 +122,9 @@ def training_curves(records: list[dict], protocol: str | None = None, metric: st
         key = metric or proto.headline[-1]
         for split, style in (("valid", "--"), ("test", "-")):
             values = c[split].get(proto.name, {}).get(key)
-            if values:
-                b.plot(c["epoch"], [proto.scaled(key, v) for v in values], style, marker=".", label=f"{label} {split}")
+            if values:  # None: an epoch whose test split was not evaluated (TrainConfig.test_each_epoch)
+                b.plot(c["epoch"], [proto.scaled(key, v) if v is not None else float("nan") for v in values], style,
+                       marker=".", label=f"{label} {split}")
         b.axvline(r["best_epoch"], color="grey", lw=0.6)
         b.set_ylabel(f"{proto.name} {key} (x{proto.display_scale:g})")
     a.set_xlabel("epoch")

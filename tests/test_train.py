@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 
 import numpy as np
@@ -400,3 +401,28 @@ def test_fresh_start_removes_stale_checkpoints(splits, tmp_path):
         run(splits, tmp_path / "run", epochs=1, lr=1e-2, loss=type("Crash", (nn.Module,), {"forward": crash})())
     # A later resume must not continue the earlier run under the new run's name.
     assert not (tmp_path / "run" / "last.pt").exists() and not (tmp_path / "run" / "best.pt").exists()
+
+
+def test_test_split_only_at_improving_epochs_gives_the_same_record(splits, tmp_path):
+    every, _ = run(splits, tmp_path / "every", epochs=8)
+    best, _ = run(splits, tmp_path / "best", epochs=8, test_each_epoch=False)
+    improved = [row for row, flag in enumerate(every["curves"]["select"])
+                if flag > max(every["curves"]["select"][:row], default=-1)]
+    assert 0 < len(improved) < 8, "the check needs epochs that improve on valid and epochs that do not"
+    for key in ("metrics", "thresholds", "best_epoch", "epochs_run"):
+        assert best[key] == every[key], key
+    for key in ("epoch", "train_loss", "lr", "select", "train_parts", "valid"):
+        assert best["curves"][key] == every["curves"][key], key
+    for proto, metrics in every["curves"]["test"].items():
+        for metric, values in metrics.items():
+            expected = [v if i in improved else None for i, v in enumerate(values)]
+            assert best["curves"]["test"][proto][metric] == expected, (proto, metric)
+    assert best["timing"]["eval_batches"] < every["timing"]["eval_batches"]
+    assert best["params"]["train"]["test_each_epoch"] is False and every["params"]["train"]["test_each_epoch"]
+    validate_record(json.loads(json.dumps(best)))  # None in the test curves is a valid record
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from emolib.viz import training_curves
+
+    training_curves([best])  # plots the test curve with its gaps
