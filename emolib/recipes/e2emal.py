@@ -125,8 +125,8 @@ VARIANTS = ("adaptive", "fused-only")
 def e2emal_experiment(*, profile: str, dataset: str, variant: str = "adaptive", model_config: str = "tiny",
                       epochs: int = 20, batch_size: int = 32, lr: float = 1e-3, min_lr: float = 1e-4,
                       warmup_epochs: float = 5, cosine_epochs: float = 15, lam: float = 0.5,
-                      max_steps_per_epoch: int = 0, swa_start_epoch: float = 0, swa_period_steps: int = 15,
-                      audio_mode: str = "chunk-mean", chunk_pad_quirk: bool = False, glove_path: str = "",
+                      max_steps_per_epoch: int = 0, test_each_epoch: bool = True, swa_start_epoch: float = 0,
+                      swa_period_steps: int = 15, audio_mode: str = "chunk-mean", chunk_pad_quirk: bool = False, glove_path: str = "",
                       text_model: str = "minilm", device: str = "auto", cache_dir: str | Path = "",
                       adapter: str = "", task: str = "multilabel", results_root: str | Path = "results",
                       progress: bool = True) -> Experiment:
@@ -141,7 +141,8 @@ def e2emal_experiment(*, profile: str, dataset: str, variant: str = "adaptive", 
     train = e2emal_train_config(
         epochs=epochs, batch_size=batch_size, lr=lr, min_lr=min_lr, warmup_epochs=warmup_epochs,
         cosine_epochs=cosine_epochs, swa_start_epoch=swa_start_epoch or None, swa_period_steps=swa_period_steps,
-        max_steps_per_epoch=max_steps_per_epoch or None, device=device, **({} if progress else {"progress": False}))
+        max_steps_per_epoch=max_steps_per_epoch or None, test_each_epoch=test_each_epoch, device=device,
+        **({} if progress else {"progress": False}))
     return Experiment(
         profile=profile, model="e2emal", config=model_config, model_overrides=overrides,
         cache_dir=cache_dir or Path(results_root) / profile / "cache" / dataset, results_root=results_root,
