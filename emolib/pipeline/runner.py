@@ -248,6 +248,14 @@ def dependencies(runs: list[Run], base: Path) -> dict[str, set[str]]:
     return deps
 
 
+def ancestors(deps: dict[str, set[str]]) -> dict[str, set[str]]:
+    """Every run each run waits for, directly or through others (``deps`` as from ``dependencies``)."""
+    out: dict[str, set[str]] = {}
+    for key in deps:  # profile order: a run's dependencies come before it
+        out[key] = set(deps[key]).union(*(out.get(d, set()) for d in deps[key]))
+    return out
+
+
 class LinePrefix:
     """Console writer for concurrent runs: whole lines only, each starting with ``prefix`` (the run's key)."""
 
@@ -394,6 +402,7 @@ class Runner:
         deps = dependencies(self.profile.runs, self.base)
         selected = {run.key for run, *_ in rows}
         waits = {run.key: deps.get(run.key, set()) & selected for run, *_ in rows}
+        after = ancestors(waits)
         state = self._load_state()
         lock = threading.Lock()  # state file and console lines
         outcomes: dict[str, Outcome] = {}
@@ -420,7 +429,11 @@ class Runner:
                             continue
                         self._print(f"{head}: running {_rel(run.notebook, self.profile.root)} "
                                     f"(elapsed {time.monotonic() - start_all:.1f}s)")
-                        future = pool.submit(self._execute_one, run, params, kernel, env, prefix=jobs > 1)
+                        # A run that nothing else can accompany (the rest waits for it: robustness, tables)
+                        # gets every core instead of its share.
+                        alone = not running and all(run.key in after[r.key] for _, (r, *_) in pending)
+                        future = pool.submit(self._execute_one, run, params, kernel, kernel_env(1) if alone else env,
+                                             prefix=jobs > 1)
                         running[future] = (head, run, fp)
                 if not running:
                     break  # a failure, or nothing left that can start
