@@ -433,3 +433,51 @@ def test_progress_reaches_a_log_as_plain_lines(tiny_releases, tiny_caches, tmp_p
     err = capsys.readouterr().err
     assert f"prepare sims: {n}/{n} utt (100%)" in err and err.rstrip().endswith(" - done")
     assert "\r" not in err
+
+
+# --- encodings and the pipeline -----------------------------------------------------------------------------
+
+def test_raw_and_encoded_caches_of_one_release(tiny_releases, tiny_caches, tmp_path) -> None:
+    """The default cache (JPEG faces, FLAC audio) holds what a raw one holds, faces up to JPEG's loss, and says
+    how it was encoded; the raw one is larger."""
+    import dataclasses
+
+    raw_dir = tmp_path / "raw"
+    raw_params = dataclasses.replace(PARAMS, face_codec="raw", audio_codec="raw")
+    get_adapter("sims").prepare(tiny_releases["sims"], raw_dir, params=raw_params, progress=False)
+    raw, enc = Cache(raw_dir), Cache(tiny_caches["sims"])
+    assert enc.provenance["cache_version"] == 2
+    assert {k: enc.provenance["parameters"][k] for k in ("face_codec", "face_quality", "audio_codec")} == \
+        {"face_codec": "jpeg", "face_quality": 90, "audio_codec": "flac"}
+    assert raw.provenance["parameters"]["face_codec"] == "raw"
+    assert raw.uids() == enc.uids()
+    errors = []
+    for uid in raw.uids():
+        a, b = raw.load(uid), enc.load(uid)
+        for key in ("face_conf", "face_found", "face_boxes", "frame_times", "audio", "labels"):
+            np.testing.assert_array_equal(getattr(a, key), getattr(b, key))
+        assert b.faces.dtype == np.uint8 and b.faces.shape == a.faces.shape
+        errors.append(np.abs(a.faces.astype(int) - b.faces).mean())
+    assert 0 < np.mean(errors) < 6  # grey levels; 48 px crops lose more to 8x8 blocks than 224 px ones
+    size = {name: sum(p.stat().st_size for p in (c.root / "utterances").glob("*.npz")) for name, c in
+            (("raw", raw), ("enc", enc))}
+    assert size["enc"] < size["raw"]
+
+
+def test_pipelined_prepare_equals_process_chunk(tiny_releases, tiny_caches) -> None:
+    """prepare overlaps decoding and writing with MTCNN; its records are those of the sequential
+    ``process_chunk`` (which ``emolib predict`` runs) on the same chunks."""
+    from emolib.data.prepare import chunks, make_cropper, process_chunk
+
+    adapter = get_adapter("mosei")
+    sources, _ = adapter.sources(tiny_releases["mosei"])
+    cache = Cache(tiny_caches["mosei"])
+    video = sorted({s.group for s in sources})[0]
+    utts = sorted((s for s in sources if s.group == video), key=lambda s: (s.start, s.uid))
+    chunk = chunks(utts, PARAMS.chunk_utterances)[0]
+    cropper = make_cropper(PARAMS)
+    for src, (meta, arrays) in zip(chunk, process_chunk(chunk, PARAMS, cropper)):
+        rec = cache.load(src.uid)
+        for key, value in arrays.items():
+            np.testing.assert_array_equal(getattr(rec, key), value)
+        assert {k: v for k, v in rec.meta.items() if k != "source_key"} == meta

@@ -69,10 +69,22 @@ class CachedDataset(Dataset):
             raise ValueError(f"{self.cache.root}: no utterances in split {split!r} "
                              f"(splits: {self.cache.provenance.get('splits')})")
         if preload is None:
-            size = sum((self.cache.root / "utterances" / f"{u}.npz").stat().st_size for u in self.uids)
-            preload = size <= PRELOAD_LIMIT_BYTES
+            preload = self.decoded_bytes() <= PRELOAD_LIMIT_BYTES
         # Preloading keeps a CPU training step from waiting on disk and decompression.
         self._items = [self._make_item(u) for u in self.uids] if preload else None
+
+    def decoded_bytes(self) -> int:
+        """Memory the items take once decoded (faces at their model size, float32 audio); records on disk are
+        smaller (JPEG faces, FLAC audio, deflate), so the preloading decision is made on this."""
+        side = self.frames.face_size or int(self.cache.provenance.get("parameters", {}).get("face_size", 224))
+        total = 0
+        for u in self.uids:
+            meta = self.cache.meta(u)
+            n = meta.get("n_frames", 0)
+            if self.frames.max_frames is not None:
+                n = min(n, self.frames.max_frames)
+            total += n * side * side * 3 + 4 * meta.get("n_samples", 0)
+        return total
 
     @property
     def task(self) -> str:

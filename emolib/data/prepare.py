@@ -7,8 +7,14 @@ turns those into the processed cache (see ``emolib.data.cache``):
   one frame every ``img_interval`` ms; IEMOCAP frames are split into the speaker's half first;
 - faces cropped with facenet-pytorch MTCNN in batches (CUDA when available), a counted fallback crop when no face
   is found;
-- 16 kHz mono audio (IEMOCAP: the speaker's channel), stored as int16;
-- transcript and labels from the adapter.
+- 16 kHz mono audio (IEMOCAP: the speaker's channel), stored as int16, each audio file of a chunk decoded once;
+- transcript and labels from the adapter;
+- records stored in the encoding of ``face_codec`` / ``face_quality`` / ``audio_codec`` (``emolib.data.cache``:
+  JPEG faces and FLAC audio by default, or the raw arrays).
+
+Decoding and writing overlap with MTCNN: a worker thread decodes the next chunk and encodes and writes the
+previous one while MTCNN runs on the current one, with the same chunks and batches, so the cache is the one a
+sequential run (``process_chunk``) gives.
 
 Bad input never stops the whole run. Each problem is either a documented fallback, counted in the provenance and
 in the utterance's ``fallbacks`` list, or the utterance is skipped and listed with file and reason:
@@ -46,6 +52,7 @@ import subprocess
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,12 +138,36 @@ class PrepareParams:
     min_audio_samples: int = 400  # one 25 ms STFT window at 16 kHz
     chunk_utterances: int = 8  # utterances per decoding chunk (bounds memory; fixed for byte-identical resumes)
     device: str | None = None  # None or "auto": CUDA when available
+    # How the cache stores faces and audio (emolib.data.cache.Encoding). "jpeg" is lossy and a deviation: Dai et
+    # al. run MTCNN on frames they stored as JPEGs (OpenCV's default quality 95) and keep the crops exact, and
+    # "raw" keeps emolib's crops exact (the only encoding of caches before format version 2). At quality 90 a
+    # face differs from the raw crop by about 1.2 grey levels on average (the synthetic MOSEI release, 224 px)
+    # and the cache is ~1/3 the size of a raw one; see emolib.bench.prepare for bytes, read times and accuracy.
+    face_codec: str = "jpeg"  # jpeg | raw
+    face_quality: int = 90  # JPEG quality (1..100) of the "jpeg" face codec
+    audio_codec: str = "flac"  # flac (lossless) | raw
+
+    def __post_init__(self) -> None:
+        from emolib.data.cache import check_encoding
+
+        check_encoding(self.face_codec, self.face_quality, self.audio_codec)
+
+    @property
+    def encoding(self):
+        from emolib.data.cache import Encoding
+
+        return Encoding(self.face_codec, self.face_quality, self.audio_codec)
+
+
+# What a parameter added after caches existed meant before it existed, where that is not today's default: caches
+# of format version 1 hold raw faces and raw audio.
+BEFORE_PARAMETER = {"face_codec": "raw", "audio_codec": "raw"}
 
 
 def with_defaults(parameters: dict[str, Any]) -> dict[str, Any]:
-    """A cache's recorded parameters completed with today's defaults: fields added after the cache was written
-    take their default, which reproduces the behaviour before they existed."""
-    return {**asdict(PrepareParams()), **parameters}
+    """A cache's recorded parameters completed for fields added after the cache was written, with the value that
+    reproduces the behaviour before they existed (``BEFORE_PARAMETER``, else today's default)."""
+    return {**asdict(PrepareParams()), **BEFORE_PARAMETER, **parameters}
 
 
 @dataclass
@@ -204,37 +235,67 @@ def prepare_sources(
     mine = [k for i, k in enumerate(keys) if i % count == index]
 
     file_hash = _FileHashes()
+    work = [chunk for key in mine for chunk in chunks(sorted(groups[key], key=lambda s: (s.start, s.uid)),
+                                                      params.chunk_utterances)]
+    counts = {"written": 0, "resumed": 0, "rebuilt": 0}
+    bar = progress_bar(sum(len(c) for c in work), f"prepare {dataset}", unit="utt", enabled=progress)
+
+    def look(chunk: list[UtteranceSource]):
+        """Source keys and record states of a chunk, and its decoded frames and audio unless all are current."""
+        keys = {s.uid: s.source_key(file_hash) for s in chunk}
+        state = {s.uid: _record_state(writer, skip_dir, s.uid, keys[s.uid]) for s in chunk}
+        # The whole chunk is recomputed so MTCNN sees the same batches as in an uninterrupted run.
+        read = None if all(v == "current" for v in state.values()) else read_chunk(chunk, params)
+        return keys, state, read
+
+    def store(chunk: list[UtteranceSource], keys, state, results) -> dict[str, int]:
+        done = {"written": 0, "resumed": 0, "rebuilt": 0, "utterances": len(chunk)}
+        for src, result in zip(chunk, results):
+            if state[src.uid] == "current":
+                done["resumed"] += 1
+                continue
+            _forget(writer, skip_dir, src.uid)
+            if isinstance(result, Skip):
+                write_json(skip_dir / f"{src.uid}.json", {"uid": src.uid, "file": result.file,
+                                                           "problem": result.problem, "source_key": keys[src.uid]})
+            else:
+                meta, arrays = result
+                writer.write({**meta, "source_key": keys[src.uid]}, arrays)
+                done["written"] += 1
+            done["rebuilt"] += state[src.uid] == "stale"
+        return done
+
+    def stored(future) -> None:
+        done = future.result()
+        for k in counts:
+            counts[k] += done[k]
+        bar.update(done["utterances"])
+
+    # A pipeline of two threads with the outputs of a sequential run: while this thread runs MTCNN on one chunk,
+    # a worker decodes the next chunk's frames and audio, then encodes and writes the records of the chunk
+    # before (PyAV, Pillow, libsndfile and zlib release the GIL). The worker runs its tasks in order, the next
+    # read is queued before the previous write, and a failed write stops the run before the write after it.
     cropper = None
-    n_written = n_resumed = n_rebuilt = 0
-    bar = progress_bar(sum(len(groups[k]) for k in mine), f"prepare {dataset}", unit="utt", enabled=progress)
-    for key in mine:
-        utts = sorted(groups[key], key=lambda s: (s.start, s.uid))
-        for chunk in chunks(utts, params.chunk_utterances):
-            keys = {s.uid: s.source_key(file_hash) for s in chunk}
-            state = {s.uid: _record_state(writer, skip_dir, s.uid, keys[s.uid]) for s in chunk}
-            if all(v == "current" for v in state.values()):
-                n_resumed += len(chunk)
+    writing = None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare") as worker:
+        looked = worker.submit(look, work[0]) if work else None
+        for i, chunk in enumerate(work):
+            keys, state, read = looked.result()
+            looked = worker.submit(look, work[i + 1]) if i + 1 < len(work) else None
+            if read is None:
+                counts["resumed"] += len(chunk)
                 bar.update(len(chunk))
                 continue
             if cropper is None:
                 cropper = make_cropper(params)
-            # The whole chunk is recomputed so MTCNN sees the same batches as in an uninterrupted run.
-            for src, result in zip(chunk, process_chunk(chunk, params, cropper)):
-                if state[src.uid] == "current":
-                    n_resumed += 1
-                    bar.update(1)
-                    continue
-                _forget(writer, skip_dir, src.uid)
-                if isinstance(result, Skip):
-                    write_json(skip_dir / f"{src.uid}.json", {"uid": src.uid, "file": result.file,
-                                                               "problem": result.problem,
-                                                               "source_key": keys[src.uid]})
-                else:
-                    meta, arrays = result
-                    writer.write({**meta, "source_key": keys[src.uid]}, arrays)
-                    n_written += 1
-                n_rebuilt += state[src.uid] == "stale"
-                bar.update(1)
+            crops = detect_chunk(read, params, cropper)
+            if writing is not None:
+                stored(writing)
+            writing = worker.submit(lambda c=chunk, k=keys, st=state, r=read, cr=crops:
+                                    store(c, k, st, chunk_records(c, params, r, cr)))
+        if writing is not None:
+            stored(writing)
+    n_written, n_resumed, n_rebuilt = counts["written"], counts["resumed"], counts["rebuilt"]
     bar.close()
 
     all_uids = {s.uid for s in sources}
@@ -324,15 +385,44 @@ def make_cropper(params: PrepareParams, **overrides: Any):
 
 
 def process_chunk(chunk: list[UtteranceSource], params: PrepareParams, cropper, timer=None) -> list:
-    """Frames for every utterance of the chunk, then one batched MTCNN call, then audio and records.
+    """Frames and audio of every utterance of the chunk (``read_chunk``), then one batched MTCNN call
+    (``detect_chunk``), then the records (``chunk_records``): a ``Skip`` or ``(meta, arrays)`` per utterance.
 
-    ``timer`` (an ``emolib.timing.StageTimer``) times the stages ``decode``, ``faces`` and ``audio read``."""
+    Each record's arrays are a ``emolib.data.cache.RecordArrays``: faces and audio as the cache will return them
+    (decoded from the stored JPEGs when ``params.face_codec`` is lossy) with the encoded members the writer
+    stores. ``timer`` (an ``emolib.timing.StageTimer``) times the stages ``decode``, ``audio read``, ``faces``
+    and ``encode``."""
+    stage = stage_of(timer)
+    read = read_chunk(chunk, params, timer)
+    with stage("faces"):
+        crops = detect_chunk(read, params, cropper)
+    return chunk_records(chunk, params, read, crops, timer)
+
+
+def read_chunk(chunk: list[UtteranceSource], params: PrepareParams, timer=None):
+    """The decoding part of ``process_chunk``: ``chunk_frames`` and the audio of every utterance whose frames
+    did not fail (one decoding pass per audio file of the chunk)."""
     stage = stage_of(timer)
     with stage("decode"):
-        frames, times, frame_problems = chunk_frames(chunk, params)
-    flat = [f for fs in frames for f in fs]
-    with stage("faces"):
-        crops = cropper.crop(flat) if flat else _no_crops(params.face_size)
+        frames = chunk_frames(chunk, params)
+    with stage("audio read"):
+        audios = _chunk_audio(chunk, params, [isinstance(p, Skip) for p in frames[2]])
+    return frames, audios
+
+
+def detect_chunk(read, params: PrepareParams, cropper):
+    """The MTCNN part of ``process_chunk``: one ``cropper.crop`` call on every frame of the chunk."""
+    flat = [f for fs in read[0][0] for f in fs]
+    return cropper.crop(flat) if flat else _no_crops(params.face_size)
+
+
+def chunk_records(chunk: list[UtteranceSource], params: PrepareParams, read, crops, timer=None) -> list:
+    """The records part of ``process_chunk``: per utterance a ``Skip`` or ``(meta, arrays)``, encoded."""
+    from emolib.data.cache import encoded_arrays
+
+    stage = stage_of(timer)
+    (frames, times, frame_problems), audios = read
+    encoding = params.encoding
     results: list = []
     pos = 0
     for i, src in enumerate(chunk):
@@ -342,8 +432,7 @@ def process_chunk(chunk: list[UtteranceSource], params: PrepareParams, cropper, 
         if isinstance(frame_problems[i], Skip):
             results.append(frame_problems[i])
             continue
-        with stage("audio read"):
-            audio = _utterance_audio(src, params)
+        audio = audios[i]
         if isinstance(audio, Skip):
             results.append(audio)
             continue
@@ -382,8 +471,40 @@ def process_chunk(chunk: list[UtteranceSource], params: PrepareParams, cropper, 
             "audio": to_int16(audio),
             "labels": labels,
         }
-        results.append((meta, arrays))
+        with stage("encode"):
+            results.append((meta, encoded_arrays(arrays, encoding)))
     return results
+
+
+def _chunk_audio(chunk: list[UtteranceSource], params: PrepareParams, skipped: list[bool]) -> list:
+    """``_utterance_audio`` of every utterance of the chunk (None where ``skipped``), reading each audio file of
+    the chunk in one decoding pass (``read_audio_multi``: the same samples as one read per utterance)."""
+    from emolib.data.media import MediaError, read_audio_multi
+
+    out: list = [None] * len(chunk)
+    together: dict[tuple, list[int]] = defaultdict(list)
+    for i, src in enumerate(chunk):
+        path = src.audio or src.video
+        if skipped[i]:
+            continue
+        if src.has("audio") and path is not None and Path(path).is_file():
+            together[(str(path), src.audio_channel)].append(i)
+        else:
+            out[i] = _utterance_audio(src, params)
+    for (path, channel), idx in together.items():
+        if len(idx) > 1:
+            try:
+                audios = read_audio_multi(path, [(chunk[i].start, chunk[i].end) for i in idx],
+                                          sample_rate=SAMPLE_RATE, mono=channel is None, channel=channel)
+            except MediaError:
+                audios = None  # one segment cannot be read: each utterance on its own says which and why
+            if audios is not None:
+                for i, audio in zip(idx, audios):
+                    out[i] = _audio_fallbacks(audio, params)
+                continue
+        for i in idx:
+            out[i] = _utterance_audio(chunk[i], params)
+    return out
 
 
 def chunk_frames(chunk: list[UtteranceSource], params: PrepareParams):
@@ -488,6 +609,10 @@ def _utterance_audio(src: UtteranceSource, params: PrepareParams):
                            mono=src.audio_channel is None, channel=src.audio_channel)
     except MediaError as err:
         return Skip(str(path), str(err).removeprefix(f"{path}: "))
+    return _audio_fallbacks(audio, params)
+
+
+def _audio_fallbacks(audio: np.ndarray, params: PrepareParams):
     audio = np.asarray(audio, dtype=np.float32).reshape(-1)
     fallbacks = []
     if audio.shape[0] < params.min_audio_samples:
@@ -520,8 +645,9 @@ def _check_params(out: Path, dataset: str, params: PrepareParams, label_names: S
         old = {k: v for k, v in with_defaults(read_json(path)).items() if k not in ignored}
         if old != comparable:
             diff = sorted(k for k in set(old) | set(comparable) if old.get(k) != comparable.get(k))
-            raise CacheError(f"{out}: the cache was built with different parameters ({', '.join(diff)}); "
-                             "use another output folder or delete this one")
+            change = ", ".join(f"{k}: {old.get(k)!r} -> {comparable.get(k)!r}" for k in diff)
+            raise CacheError(f"{out}: the cache was built with different parameters ({change}); "
+                             "use another output folder or delete this one (or prepare with its parameters)")
     else:
         write_json(path, current)
 
