@@ -170,3 +170,29 @@ def test_bad_parameters_are_rejected() -> None:
     loss = AdaptiveLoss(train_labels=TRAIN)
     with pytest.raises(KeyError, match="visual"):
         loss({"logits": torch.zeros(2, 6), "audio": torch.zeros(2, 6), "text": torch.zeros(2, 6)}, torch.zeros(2, 6))
+
+
+def test_label_weights_apply_the_weight_the_code_meant() -> None:
+    labels = torch.tensor([[1.0, 0, 0, 1, 0, 1], [0, 1, 0, 1, 1, 0], [0, 1, 1, 0, 0, 0], [0, 0, 0, 0, 1, 0]])
+    logits = torch.linspace(-2, 2, 24).reshape(4, 6)
+    loss = MoseiEmotionLoss(train_labels=TRAIN, label_weights=True)
+    total, _ = loss({"logits": logits}, labels)
+    rates = {"happiness": .53, "sadness": .25, "anger": .21, "surprise": .09, "disgust": .16, "fear": .08}
+    p_c = np.array([rates[n] for n in MOSEI_EMOTIONS])
+    p = np.clip(1 / (1 + np.exp(-logits.double().numpy())), 1e-7, 1 - 1e-7)
+    y = labels.double().numpy()
+    bce = -(y * np.log(p + 1e-7) + (1 - y) * np.log(1 - p + 1e-7))
+    weights = y / p_c + (1 - y) / (1 - p_c)  # the code's table [[1/p, 1/(1-p)], ...] per label
+    assert float(total) == pytest.approx((bce * weights).mean(axis=0).sum() / 6, rel=1e-5)
+    # What the switch is for: the best constant score of a class sits at its positive rate with the code's weight
+    # (below 0.5 for every emotion but happiness), at 0.5 with the weight the code meant.
+    y = torch.tensor([[1.0]] * 9 + [[0.0]] * 91)  # the surprise rate, 0.09
+    for label_weights, best in ((False, 0.09), (True, 0.5)):
+        one = MoseiEmotionLoss(train_labels=y.numpy(), class_names=["surprise"], positive_rates=[0.09],
+                               label_weights=label_weights)
+        grid = torch.linspace(0.02, 0.98, 97)
+        values = [float(one({"logits": torch.logit(g).repeat(100, 1)}, y)[0]) for g in grid]
+        assert float(grid[int(np.argmin(values))]) == pytest.approx(best, abs=0.011)
+    # the adaptive loss hands the switch to its base loss
+    adaptive = AdaptiveLoss(train_labels=TRAIN, label_weights=True)
+    assert adaptive.base.label_weights is True

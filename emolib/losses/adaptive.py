@@ -5,8 +5,13 @@
   [s, 1-s], times the constant ``w_c = 1/p_c + 1/(1-p_c)``; loss = sum_c w_c * mean_batch BCE_c / C. The
   hard-coded positive rates are in the SDK order [happy .53, sad .25, anger .21, surprise .09, disgust .16,
   fear .08]; they are mapped onto our class order by name (Dai's [anger, disgust, fear, happiness, sadness,
-  surprise] by default). **QUIRK** (kept): the code meant a label-dependent class weight, but summing the weight
-  over both columns makes it a per-class constant.
+  surprise] by default). **QUIRK** (kept by default): the code meant a label-dependent class weight (its table
+  ``[[1/p, 1/(1-p)], ...]``), but summing the weight over both columns makes it a per-class constant, so the
+  loss is BCE up to a per-class scale and each sigmoid settles near its class's positive rate. Where that rate is
+  below 0.5 (every CMU-MOSEI emotion but happiness, every emotion of the synthetic release), the code's weighted
+  accuracy at its fixed threshold 0.5 stays exactly 0.5 until scores cross 0.5, and selecting epochs on it keeps
+  epoch 1. ``label_weights=True`` applies the weight the table meant: 1/p to a positive label, 1/(1-p) to a
+  negative one (balanced: 0.5 becomes the decision boundary).
 * ``"adaptive"`` — ``MultiModalLoss`` (Kendall et al.'s uncertainty weighting, after yaringal): four outputs
   (audio, visual, text, fused) with learnable log-variances s_i (initialised 0, ``nn.Parameter`` of the loss, so
   the trainer optimises them): ``L = sum_i exp(-s_i) L_i + lam * mean_i s_i``; ``lam`` is 0.5 in the CMU-MOSEI
@@ -45,7 +50,14 @@ BASES = ("mosei-emotion", "bce")
 
 def mosei_class_weights(class_names: Sequence[str] = MOSEI_EMOTIONS,
                         positive_rates: Sequence[float] | Mapping[str, float] | None = None) -> np.ndarray:
-    """``1/p + 1/(1-p)`` per class, in ``class_names`` order.
+    """``1/p + 1/(1-p)`` per class, in ``class_names`` order (``positive_rates`` as in :func:`mosei_rates`)."""
+    rates = mosei_rates(class_names, positive_rates)
+    return 1.0 / rates + 1.0 / (1.0 - rates)
+
+
+def mosei_rates(class_names: Sequence[str] = MOSEI_EMOTIONS,
+                positive_rates: Sequence[float] | Mapping[str, float] | None = None) -> np.ndarray:
+    """The positive rate p of each class, in ``class_names`` order.
 
     ``positive_rates`` defaults to E2EMAL's SDK-order constants (then ``class_names`` must be the six MOSEI
     emotions, in any order); a mapping gives rates by class name, a sequence gives them in ``class_names`` order.
@@ -71,7 +83,7 @@ def mosei_class_weights(class_names: Sequence[str] = MOSEI_EMOTIONS,
     arr = np.asarray(rates, dtype=np.float64)
     if not np.all((arr > 0) & (arr < 1)):
         raise ValueError(f"positive rates must lie strictly between 0 and 1, got {rates}")
-    return 1.0 / arr + 1.0 / (1.0 - arr)
+    return arr
 
 
 def keras_probability_bce(logits: Tensor, labels: Tensor, eps: float = KERAS_EPSILON) -> Tensor:
@@ -110,7 +122,8 @@ class MoseiEmotionLoss(nn.Module):
     """
 
     def __init__(self, *, train_labels: object, head: str = "logits", class_names: Sequence[str] | None = None,
-                 positive_rates: Sequence[float] | Mapping[str, float] | str | None = None) -> None:
+                 positive_rates: Sequence[float] | Mapping[str, float] | str | None = None,
+                 label_weights: bool = False) -> None:
         super().__init__()
         labels = as_label_matrix(train_labels)
         names = _class_names(class_names, labels.shape[1])
@@ -121,14 +134,22 @@ class MoseiEmotionLoss(nn.Module):
             positive_rates = _train_rates(labels).tolist()
         self.head = head
         self.class_names = tuple(names)
-        self.register_buffer("class_weights", torch.tensor(mosei_class_weights(names, positive_rates),
-                                                           dtype=torch.float32))
+        self.label_weights = bool(label_weights)
+        rates = mosei_rates(names, positive_rates)
+        self.register_buffer("class_weights", torch.tensor(1.0 / rates + 1.0 / (1.0 - rates), dtype=torch.float32))
+        # label_weights: the weight of a positive (1/p) and of a negative (1/(1-p)) label, per class
+        self.register_buffer("label_class_weights", torch.tensor(np.stack([1.0 / rates, 1.0 / (1.0 - rates)]),
+                                                                 dtype=torch.float32), persistent=False)
 
     def per_output(self, logits: Tensor, labels: Tensor) -> Tensor:
         if logits.shape[1] != self.class_weights.numel():
             raise ValueError(f"output has {logits.shape[1]} classes, the loss was built for "
                              f"{self.class_weights.numel()}")
-        bce = keras_probability_bce(logits.float(), labels.float())
+        labels = labels.float()
+        bce = keras_probability_bce(logits.float(), labels)
+        if self.label_weights:
+            positive, negative = self.label_class_weights
+            return (bce * (labels * positive + (1.0 - labels) * negative)).mean(dim=0).sum() / labels.shape[1]
         return (bce.mean(dim=0) * self.class_weights).sum() / self.class_weights.numel()
 
     def forward(self, outputs: Mapping[str, Tensor], labels: Tensor) -> tuple[Tensor, dict[str, float]]:
@@ -168,14 +189,15 @@ class AdaptiveLoss(nn.Module):
 
     ``outputs`` maps model output keys to part names (default audio/visual/text plus ``"logits"`` as fused).
     ``lam`` weighs the mean of the s_i (0.5: CMU-MOSEI code, 1.0: MERC2020 code). ``base``-specific options:
-    ``positive_rates`` (mosei-emotion, as in :class:`MoseiEmotionLoss`) and ``pos_weight`` (bce).
+    ``positive_rates`` and ``label_weights`` (mosei-emotion, as in :class:`MoseiEmotionLoss`) and ``pos_weight``
+    (bce).
     """
 
     def __init__(self, *, train_labels: object, base: str = "mosei-emotion", lam: float = 0.5,
                  fused_only: bool = False, outputs: Mapping[str, str] | None = None,
                  class_names: Sequence[str] | None = None,
                  positive_rates: Sequence[float] | Mapping[str, float] | str | None = None,
-                 pos_weight: bool = True, init_s: float = 0.0) -> None:
+                 label_weights: bool = False, pos_weight: bool = True, init_s: float = 0.0) -> None:
         super().__init__()
         labels = as_label_matrix(train_labels)
         if base not in BASES:
@@ -187,7 +209,7 @@ class AdaptiveLoss(nn.Module):
             raise ValueError(f"outputs must include the evaluated head 'logits', got {sorted(self.outputs)}")
         if base == "mosei-emotion":
             self.base: nn.Module = MoseiEmotionLoss(train_labels=labels, class_names=class_names,
-                                                    positive_rates=positive_rates)
+                                                    positive_rates=positive_rates, label_weights=label_weights)
         else:
             self.base = _PosWeightBCE(labels, class_names, pos_weight)
         self.base_name, self.lam, self.fused_only = base, float(lam), bool(fused_only)

@@ -297,6 +297,12 @@ class E2EMAL(EmotionModel):
                   "False (paper: adaptive loss) | True (CMU-MOSEI code)", "src/CMU-MOSEI/main.py"),
         Deviation("loss.lam", "weight of mean(s_i): 0.5 in the CMU-MOSEI copy, 1.0 in the MERC2020 copy", "code",
                   "0.5 (CMU-MOSEI code) | 1.0 (MERC2020 code)", "src/CMU-MOSEI/utils.py, src/MERC2020/utils.py"),
+        Deviation("loss.label_weights", "the code's class-weight table gives a positive label 1/p and a negative "
+                  "1/(1-p), but summing it over both columns applies 1/p + 1/(1-p) to every label: plain BCE whose "
+                  "sigmoids settle at the positive rates, below the fixed 0.5 threshold of its weighted accuracy",
+                  "code", "False (code) | True (the weight the table meant)", "src/CMU-MOSEI/utils.py"),
+        Deviation("loss.positive_rates", "the code hard-codes CMU-MOSEI's positive rates in its loss", "code",
+                  "None (code's constants) | train (the training split's rates)", "src/CMU-MOSEI/utils.py"),
         Deviation("train.adam_eps", "Keras's Adam epsilon is 1e-7 (added before the bias correction, so larger "
                   "early on); PyTorch's 1e-8", "code", "1e-7 (E2EMAL recipe, Keras) | 1e-8 (PyTorch default)",
                   "src/CMU-MOSEI/main.py"),

@@ -74,17 +74,27 @@ def s_curves(record: Mapping[str, Any]) -> dict[str, list[float]]:
 
 
 def e2emal_loss_params(dataset: str, *, task: str = "multilabel", adaptive: bool = True,
-                       lam: float | None = None) -> dict[str, Any]:
+                       lam: float | None = None, label_weights: bool = False,
+                       positive_rates: str = "") -> dict[str, Any]:
     """Loss parameters for the ``"adaptive"`` loss on a registered dataset (``cache.dataset``, e.g. "mosei"):
     CMU-MOSEI uses the code's MoseiEmotionLoss as the per-output loss and lam 0.5 (its copy of the code); other
     label sets use pos-weighted BCE and lam 1.0 (the MERC2020 copy). ``adaptive=False`` trains the fused output
-    only (the CMU-MOSEI config)."""
+    only (the CMU-MOSEI config). CMU-MOSEI only: ``label_weights`` (the class weight the code meant, see
+    :mod:`emolib.losses.adaptive`) and ``positive_rates`` ("": the code's CMU-MOSEI constants; "train": the
+    training split's rates, for a release whose rates differ, such as the synthetic one)."""
     if task != "multilabel":
         raise ValueError(f"E2EMAL's losses are for multi-label classification; dataset {dataset!r} is {task}")
     mosei = dataset == "mosei"
     base = "mosei-emotion" if mosei else "bce"
     default_lam = 0.5 if mosei else 1.0
-    return {"base": base, "lam": float(default_lam if lam is None else lam), "fused_only": not adaptive}
+    params = {"base": base, "lam": float(default_lam if lam is None else lam), "fused_only": not adaptive}
+    if mosei and label_weights:
+        params["label_weights"] = True
+    if mosei and positive_rates:
+        if positive_rates != "train":
+            raise ValueError(f"positive_rates must be '' (the code's constants) or 'train', got {positive_rates!r}")
+        params["positive_rates"] = "train"
+    return params
 
 
 KERAS_ADAM_EPSILON = 1e-7
@@ -125,6 +135,7 @@ VARIANTS = ("adaptive", "fused-only")
 def e2emal_experiment(*, profile: str, dataset: str, variant: str = "adaptive", model_config: str = "tiny",
                       epochs: int = 20, batch_size: int = 32, lr: float = 1e-3, min_lr: float = 1e-4,
                       warmup_epochs: float = 5, cosine_epochs: float = 15, lam: float = 0.5,
+                      label_weights: bool = False, positive_rates: str = "",
                       max_steps_per_epoch: int = 0, test_each_epoch: bool = True, swa_start_epoch: float = 0,
                       swa_period_steps: int = 15, audio_mode: str = "chunk-mean", chunk_pad_quirk: bool = False, glove_path: str = "",
                       text_model: str = "minilm", device: str = "auto", cache_dir: str | Path = "",
@@ -147,7 +158,8 @@ def e2emal_experiment(*, profile: str, dataset: str, variant: str = "adaptive", 
         profile=profile, model="e2emal", config=model_config, model_overrides=overrides,
         cache_dir=cache_dir or Path(results_root) / profile / "cache" / dataset, results_root=results_root,
         loss="adaptive", loss_params=e2emal_loss_params(adapter or dataset, task=task, adaptive=variant == "adaptive",
-                                                        lam=lam),
+                                                        lam=lam, label_weights=label_weights,
+                                                        positive_rates=positive_rates),
         train=train, frames=E2EMAL_FRAMES, variant=variant)
 
 
