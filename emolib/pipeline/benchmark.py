@@ -25,7 +25,7 @@ TARGET_S = 600.0
 """Issue 18: the smoke profile in 10 minutes or less on the 2-core CPU machine, after setup."""
 
 
-def _fresh_root(profile_path: Path, source: Path, dest: Path, name: str) -> None:
+def fresh_root(profile_path: Path, source: Path, dest: Path, name: str) -> None:
     shutil.copytree(source / "notebooks", dest / "notebooks")
     (dest / "params").mkdir(parents=True)
     shutil.copy2(profile_path, dest / "params" / f"{name}.yaml")
@@ -50,7 +50,7 @@ def bench_profile(workdir: Path, profile: str = "smoke", *, repeats: int = 3, ro
     done = []
     for i in range(repeats):
         work = Path(workdir) / f"repeat-{i}"
-        _fresh_root(prof.path, prof.root, work, name)
+        fresh_root(prof.path, prof.root, work, name)
         captured = io.StringIO()
         if out is not None:
             out.write(f"--- {name}: repeat {i + 1} of {repeats} in {work}\n")
