@@ -113,7 +113,9 @@ def record_item(rec: Record, frames: FrameOptions, fill_missing: bool = False) -
     ``frames`` says, ``present`` flags, and with ``fill_missing`` placeholders for a missing face track or audio.
     Also serves records without frames (robustness conditions, raw-video prediction)."""
     keep = select_frames(len(rec.faces), frames.max_frames, frames.select)
-    faces = torch.from_numpy(np.ascontiguousarray(rec.faces[keep])).permute(0, 3, 1, 2).contiguous()
+    # all frames: no indexing copy (a JPEG record's faces are a channels-first buffer, so no copy at all)
+    kept = rec.faces if len(keep) == len(rec.faces) else rec.faces[keep]
+    faces = torch.from_numpy(kept).permute(0, 3, 1, 2).contiguous()
     if frames.face_size is not None and faces.shape[-1] != frames.face_size:
         faces = (resize_faces(faces, frames.face_size) if len(faces)
                  else faces.new_zeros((0, 3, frames.face_size, frames.face_size)))
