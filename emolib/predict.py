@@ -72,7 +72,7 @@ from torch import nn
 
 from emolib.data.cache import Record
 from emolib.data.dataset import FrameOptions, collate, record_item
-from emolib.data.prepare import PrepareParams, Skip, UtteranceSource
+from emolib.data.prepare import PrepareParams, Skip, UtteranceSource, with_defaults
 from emolib.labels import check_task
 from emolib.models.blocks import SequenceBranch
 from emolib.timing import StageTimer, stage_of
@@ -188,7 +188,8 @@ def load_checkpoint(path: str | os.PathLike, *, record: str | os.PathLike | Mapp
     if fuse and callable(getattr(model, "fuse", None)):
         model.fuse()
     data = rec.get("params", {}).get("data", {})
-    prepare = PrepareParams(**_known_fields(PrepareParams, data.get("cache_parameters") or {}))
+    # with_defaults: a checkpoint trained on an older cache reads its faces as that cache stored them (raw)
+    prepare = PrepareParams(**_known_fields(PrepareParams, with_defaults(data.get("cache_parameters") or {})))
     frames = FrameOptions(**_known_fields(FrameOptions, data.get("frames") or {}))
     return LoadedCheckpoint(model=model, model_name=name, class_names=class_names, task=_task_of(rec),
                             prepare=prepare, frames=frames, record=rec, checkpoint=ckpt,

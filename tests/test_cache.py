@@ -160,7 +160,7 @@ def test_newer_cache_and_damaged_records_give_clear_errors(tmp_path) -> None:
 
 
 def test_encoding_parameters_are_checked() -> None:
-    assert PrepareParams().encoding == Encoding("jpeg", 90, "flac")
+    assert PrepareParams().encoding == Encoding("jpeg", 80, "flac")
     for bad in ({"face_codec": "png"}, {"audio_codec": "mp3"}, {"face_quality": 0}, {"face_quality": 101},
                 {"face_quality": 90.0}):
         with pytest.raises(ValueError):

@@ -57,7 +57,8 @@ def dai_cache(synthetic_cache):
 
 def test_dai_recipe_values() -> None:
     iemocap, mosei = get_adapter("iemocap"), get_adapter("mosei")
-    assert iemocap.prepare_params("dai") == PrepareParams(frame_center_crop=224, margin_size=48, face_fallback="dai")
+    assert iemocap.prepare_params("dai") == PrepareParams(frame_center_crop=224, margin_size=48, face_fallback="dai",
+                                                          face_codec="raw")  # Dai keeps exact crops
     p = mosei.prepare_params("dai", face_size=96)
     assert (p.frame_halve_above, p.frame_center_crop, p.margin_size, p.img_interval, p.max_video_seconds,
             p.face_size) == (360, 360, 48, 7500, 280.0, 96)
@@ -129,7 +130,7 @@ def test_model_warns_when_the_cache_is_not_dais(tiny_caches, dai_cache) -> None:
     model = build_model("visual-only", "tiny", num_outputs=6)
     with pytest.warns(UserWarning, match=r"frame_center_crop=None \(dai: 224\)"):
         diffs = warn_recipe_mismatch(model, Cache(tiny_caches["iemocap"]), tiny_caches["iemocap"])
-    assert len(diffs) == 3
+    assert len(diffs) == 4  # the crop, the margin, the no-face window and the exact (raw) faces
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert warn_recipe_mismatch(model, Cache(dai_cache), dai_cache) == []

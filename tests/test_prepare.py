@@ -448,7 +448,7 @@ def test_raw_and_encoded_caches_of_one_release(tiny_releases, tiny_caches, tmp_p
     raw, enc = Cache(raw_dir), Cache(tiny_caches["sims"])
     assert enc.provenance["cache_version"] == 2
     assert {k: enc.provenance["parameters"][k] for k in ("face_codec", "face_quality", "audio_codec")} == \
-        {"face_codec": "jpeg", "face_quality": 90, "audio_codec": "flac"}
+        {"face_codec": "jpeg", "face_quality": 80, "audio_codec": "flac"}
     assert raw.provenance["parameters"]["face_codec"] == "raw"
     assert raw.uids() == enc.uids()
     errors = []

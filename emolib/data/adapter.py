@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
 from emolib.data.prepare import PrepareParams, PrepareReport, UtteranceSource, prepare_sources, with_defaults
+from emolib.deviations import Deviation
 
 PREPARE_RECIPES = ("emolib", "dai")
 
@@ -94,6 +95,12 @@ class Adapter:
     # How Dai et al. 2021 made the frames and faces that FE2E, FV2ES and the unimodal baselines trained on, as
     # PrepareParams values (empty: the dataset is not one of Dai's). prepare_params(recipe="dai") applies them.
     dai_prepare: ClassVar[dict[str, Any]] = {}
+    # Differences every cache of emolib's recipe has, whatever the dataset; adapters add their own.
+    deviations: ClassVar[tuple[Deviation, ...]] = (
+        Deviation("prepare.face_codec", "faces are stored as JPEG at face_quality (lossy, 10x smaller cache than "
+                  "Dai's frame dump); Dai et al. keep the crops MTCNN makes exact", "emolib",
+                  "jpeg (emolib) | raw (exact crops; the dai recipe)", "emolib.data.cache"),
+    )
     download_manifest: ClassVar[list[dict[str, Any]] | None] = None
     download_help: ClassVar[str] = ""
 

@@ -61,8 +61,8 @@ class IemocapAdapter(Adapter):
     label_names = IEMOCAP_CLASSES
     # preprocess_iemocap.ipynb: the speaker's half centre-cropped to 224 px; MTCNN(image_size=48, margin=2) and
     # its no-face window in src/models/e2e.py.
-    dai_prepare = {"frame_center_crop": 224, "margin_size": 48, "face_fallback": "dai"}
-    deviations = (
+    dai_prepare = {"frame_center_crop": 224, "margin_size": 48, "face_fallback": "dai", "face_codec": "raw"}
+    deviations = Adapter.deviations + (
         Deviation("data.split_dir", "split: Dai's published lists (emolib download --splits dai) vs a seeded random "
                   "utterance-level 70/10/20 drawn like Dai's", "emolib",
                   "'' (seeded 70/10/20) | data/splits/dai/IEMOCAP_SPLIT (Dai's lists; the paper profile)",

@@ -55,8 +55,8 @@ class MoseiAdapter(Adapter):
     # no-face window. preprocess_mosei.ipynb stores 2 frames/s of the first 280 s, and the loader steps 15 stored
     # frames (it assumes 30 fps): one frame per 7.5 s.
     dai_prepare = {"frame_halve_above": 360, "frame_center_crop": 360, "margin_size": 48, "face_fallback": "dai",
-                   "img_interval": 7500, "max_video_seconds": 280.0}
-    deviations = (
+                   "img_interval": 7500, "max_video_seconds": 280.0, "face_codec": "raw"}
+    deviations = Adapter.deviations + (
         Deviation("data.folds", "folds: Dai's published lists (emolib download --splits dai; subsets of the SDK "
                   "folds) vs the CMU-MultimodalSDK standard folds", "emolib",
                   "'' (SDK / folds.json) | data/splits/dai/MOSEI_SPLIT (Dai's lists; the paper profile)",
