@@ -269,8 +269,12 @@ E2EMAL_CONFIGS: dict[str, E2EMALConfig] = {
     "paper": E2EMALConfig(),
     # CPU smoke runs: narrow TCNs, AFCNet stages 2-3 expanded 2x instead of 12x and 8 faces per clip instead of
     # 16 (a training step 8.7x faster on 2 CPU cores: 3.6 s -> 0.42 s at batch 16); the LFE layout, the other
-    # inputs and the attention are the paper's.
-    "tiny": E2EMALConfig(tcn_filters=(16, 16), lfe_expand=2, video_frames=8),
+    # inputs and the attention are the paper's. Dropout 0.1 instead of 0.5: on 64-d features GaussianDropout(0.5)
+    # (noise of std 1 on every feature) drowned the signal; on the synthetic CMU-MOSEI release the fused head's
+    # valid weighted accuracy stayed near 0.5 for 8 epochs with 0.5 and reached 0.6 by epoch 4 with 0.1 (16-filter
+    # TCNs with 0.5: flat at 0.5 for 20 epochs).
+    "tiny": E2EMALConfig(tcn_filters=(64, 64), lfe_expand=2, video_frames=8, feature_dropout=0.1,
+                         fusion_dropout=0.1),
 }
 
 
