@@ -26,12 +26,13 @@ ROOT = Path(__file__).resolve().parents[1]
 MODALITIES = ("audio", "visual", "text")
 
 # Parameters laid over the profile's step ``adaptive-loss`` (issue 18), for a smoke schedule under trial before
-# params/smoke.yaml carries it; empty: the test checks the profile as it stands. With the profile's 3 epochs x 4
-# steps (12 optimiser steps, 4 of them warm-up) every head gives every test clip nearly the same probability (std
-# < 0.005) and both rows score exactly 0.5; 24 steps at lr 3e-3 were not enough either (std <= 0.001), nor were 285
-# (15 full epochs, lr 3e-3, tiny config: test AUC 0.50, training losses at the constant predictor's level). Probed
-# alone, the text branch learns (plain BCE: AUC 0.61 after 100 steps) but slowly with MoseiEmotionLoss (0.53 after
-# 300 steps at lr 1e-3): too few steps for this loss, not a dead head.
+# params/smoke.yaml carries it; empty: the test checks the profile as it stands. Findings: the smoke rows were exactly
+# 0.5 because (1) the code's class weight is a per-class constant (emolib.losses.adaptive, QUIRK), so the sigmoids
+# settle at the emotions' rates, all below 0.5 on the synthetic release, and E2EMAL's weighted accuracy at its fixed
+# 0.5 threshold is then exactly 0.5; (2) model selection uses that accuracy, so it kept epoch 1; (3) in the tiny
+# configuration GaussianDropout(0.5) on 16-d features drowned the signal. With the weight the code meant
+# (label_weights), the training split's rates, dropout 0.1 and 64-filter TCNs the profile's 10 epochs learn (valid
+# 0.5 -> 0.63) but reach a dai-mosei test weighted accuracy of 0.55-0.56, below the bar of 0.6075.
 PROPOSED_SMOKE_SCHEDULE: dict = {}
 
 # Slow (the profile's run alone: about 2.5 minutes on a loaded 2-core machine, 9 s per training step): runs with
@@ -39,22 +40,23 @@ PROPOSED_SMOKE_SCHEDULE: dict = {}
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def _profile_parameters() -> dict:
-    run = next(r for r in load_profile("smoke", ROOT).runs if r.key == "adaptive-loss")
-    params = {k: v for k, v in run.parameters.items() if k not in ("seeds", "profile")}
+def _profile_parameters(variant: str) -> dict:
+    run = next(r for r in load_profile("smoke", ROOT).runs if r.key == f"adaptive-loss:{variant}")
+    params = {k: v for k, v in run.parameters.items() if k not in ("seeds", "profile", "variants")}
     params.update(PROPOSED_SMOKE_SCHEDULE)
     return params
 
 
 # Known open defect (issue 18): strict, so the day the smoke schedule makes E2EMAL learn this turns into a failure
 # that asks for the marker to go.
-@pytest.mark.xfail(strict=True, reason="issue 18: E2EMAL stays a constant predictor in the smoke schedule")
+@pytest.mark.xfail(strict=True, reason="issue 18: E2EMAL learns in the smoke schedule but stays below a quarter "
+                                        "of the gap")
 @pytest.mark.parametrize("variant", ["adaptive"])
 def test_e2emal_beats_constant_predictor(variant, smoke_caches, tmp_path) -> None:
     chance = synthetic.chance_accuracy("mosei")
     bound = synthetic.cue_accuracy("mosei", MODALITIES)
     bar = chance + GAP_FRACTION * (bound - chance)
-    params = _profile_parameters()
+    params = _profile_parameters(variant)
     assert params["dataset"] == "mosei"
     cache = smoke_caches["mosei"]
     data = load_splits(cache, FrameOptions(**E2EMAL_FRAMES))
