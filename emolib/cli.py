@@ -161,7 +161,9 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         ("img_interval", args.img_interval), ("face_size", args.face_size), ("mtcnn_batch", args.batch),
         ("device", args.device), ("frame_halve_above", args.frame_halve_above),
         ("frame_center_crop", args.frame_center_crop), ("margin_size", args.margin_size),
-        ("face_fallback", args.face_fallback), ("max_video_seconds", args.max_video_seconds)) if v is not None}
+        ("face_fallback", args.face_fallback), ("max_video_seconds", args.max_video_seconds),
+        ("face_codec", args.face_codec), ("face_quality", args.face_quality), ("audio_codec", args.audio_codec))
+        if v is not None}
     adapter = get_adapter(args.dataset)
     try:
         params = adapter.prepare_params(args.recipe, **overrides)
@@ -307,6 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--margin-size", type=int, help="crop size at which the MTCNN margin applies (Dai: 48)")
     p.add_argument("--face-fallback", choices=("center", "dai", "black"), help="crop for frames without a face")
     p.add_argument("--max-video-seconds", type=float, help="decode only the first seconds (Dai's MOSEI: 280)")
+    p.add_argument("--face-codec", choices=("jpeg", "raw"),
+                   help="how faces are stored: jpeg (default; lossy, at --face-quality) or raw (exact crops)")
+    p.add_argument("--face-quality", type=int, help="JPEG quality of stored faces, 1-100 (default 80)")
+    p.add_argument("--audio-codec", choices=("flac", "raw"), help="how audio is stored (both lossless; default flac)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--shard", help="i/n: process every n-th source file starting at i")
     p.add_argument("--split-dir", help="IEMOCAP: a split folder in Dai's format")

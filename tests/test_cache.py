@@ -165,3 +165,20 @@ def test_encoding_parameters_are_checked() -> None:
                 {"face_quality": 90.0}):
         with pytest.raises(ValueError):
             PrepareParams(**bad)
+
+
+def test_prepare_cli_chooses_the_encoding(tiny_releases, tmp_path) -> None:
+    from emolib.cli import main
+    from emolib.data.cache import Cache
+
+    out = tmp_path / "raw-cache"
+    code = main(["prepare", "--dataset", "sims", str(tiny_releases["sims"]), str(out), "--face-size", "32",
+                 "--device", "cpu", "--face-codec", "raw", "--audio-codec", "raw"])
+    assert code == 0
+    params = Cache(out).provenance["parameters"]
+    assert (params["face_codec"], params["audio_codec"]) == ("raw", "raw")
+    out = tmp_path / "q50-cache"
+    assert main(["prepare", "--dataset", "sims", str(tiny_releases["sims"]), str(out), "--face-size", "32",
+                 "--device", "cpu", "--face-quality", "50"]) == 0
+    params = Cache(out).provenance["parameters"]
+    assert (params["face_codec"], params["face_quality"], params["audio_codec"]) == ("jpeg", 50, "flac")
