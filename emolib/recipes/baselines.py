@@ -11,7 +11,8 @@ from emolib.experiment import Experiment, experiment_summary, run_experiment  # 
 def unimodal_experiment(*, profile: str, dataset: str, modality: str, model_config: str = "tiny", text_model: str = "",
                         epochs: int = 40, batch_size: int = 8, lr: float = 5e-5, scheduler: str = "none",
                         warmup_epochs: float = 0.0, early_stop: int = 0, max_steps_per_epoch: int = 0,
-                        test_each_epoch: bool = True, face_size: int | None = 48, max_frames: int = 0, device: str = "auto", cache_dir: str = "",
+                        test_each_epoch: bool = True, face_size: int | None = 48, max_frames: int = 0,
+                        device: str = "auto", cache_dir: str = "",
                         results_root: str | Path = "results", progress: bool = True) -> Experiment:
     """The unimodal baseline run of notebook 02 from its parameters (0 / "" mean "off" / "default"), so the
     notebook and the tests that check the smoke profile's claims build exactly the same experiment."""
