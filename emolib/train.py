@@ -416,18 +416,32 @@ def _improved(score: float, best: float | None) -> bool:
     return best is None or score > best
 
 
-def evaluate_epoch(protocols: Sequence[Any], valid: tuple[np.ndarray, np.ndarray],
-                   test: tuple[np.ndarray, np.ndarray] | None, class_names: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Valid and test evaluation of every protocol; thresholds are chosen on valid and reused on test.
-    ``test`` None: valid only (``"test": None``)."""
+def evaluate_valid(protocols: Sequence[Any], valid: tuple[np.ndarray, np.ndarray],
+                   class_names: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Valid metrics of every protocol, and the thresholds each chose on valid (None where it needs none)."""
     v_out, v_lab = valid
-    results = {}
+    metrics, thresholds = {}, {}
     for proto in protocols:
-        thresholds = proto.choose_thresholds(v_out, v_lab) if proto.needs_thresholds else None
-        v = proto.evaluate(v_out, v_lab, list(class_names), thresholds=thresholds)
-        t = proto.evaluate(*test, list(class_names), thresholds=thresholds) if test is not None else None
-        results[proto.name] = {"valid": to_builtin(v), "test": to_builtin(t) if t is not None else None}
-    return results
+        thresholds[proto.name] = proto.choose_thresholds(v_out, v_lab) if proto.needs_thresholds else None
+        metrics[proto.name] = to_builtin(proto.evaluate(v_out, v_lab, list(class_names),
+                                                        thresholds=thresholds[proto.name]))
+    return metrics, thresholds
+
+
+def evaluate_test(protocols: Sequence[Any], test: tuple[np.ndarray, np.ndarray], class_names: Sequence[str],
+                  thresholds: Mapping[str, Any]) -> dict[str, Any]:
+    """Test metrics of every protocol with the thresholds chosen on valid (``evaluate_valid``)."""
+    t_out, t_lab = test
+    return {proto.name: to_builtin(proto.evaluate(t_out, t_lab, list(class_names), thresholds=thresholds[proto.name]))
+            for proto in protocols}
+
+
+def evaluate_epoch(protocols: Sequence[Any], valid: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
+                   class_names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Valid and test evaluation of every protocol; thresholds are chosen on valid and reused on test."""
+    v, thresholds = evaluate_valid(protocols, valid, class_names)
+    t = evaluate_test(protocols, test, class_names, thresholds)
+    return {name: {"valid": v[name], "test": t[name]} for name in v}
 
 
 # ------------------------------------------------------------------------------------------------ loops
@@ -695,19 +709,14 @@ def curves_from_history(history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             curves[key].append(row[key])
         for part, value in row["train_parts"].items():
             curves["train_parts"].setdefault(part, []).append(value)
-        for split in ("valid", "test"):
-            for proto, average in (row[split] or {}).items():
-                for metric, value in average.items():
-                    curves[split].setdefault(proto, {}).setdefault(metric, []).append(value)
-        if row["test"] is None:  # not evaluated (test_each_epoch False, an epoch that did not improve)
-            for metrics in curves["test"].values():
-                for values in metrics.values():
-                    values.append(None)
-    # Epochs before the first evaluated one (none so far: the first epoch always improves) are None too.
-    n = len(curves["epoch"])
-    for metrics in curves["test"].values():
-        for key, values in metrics.items():
-            metrics[key] = [None] * (n - len(values)) + values
+        for proto, average in row["valid"].items():
+            for metric, value in average.items():
+                curves["valid"].setdefault(proto, {}).setdefault(metric, []).append(value)
+    # An epoch whose test split was not evaluated (test_each_epoch False, no improvement on valid) holds None.
+    tested = [row["test"] for row in history if row["test"]]
+    for proto, metric in dict.fromkeys((p, m) for t in tested for p, average in t.items() for m in average):
+        curves["test"].setdefault(proto, {})[metric] = [
+            row["test"][proto][metric] if row["test"] else None for row in history]
     return curves
 
 
@@ -933,12 +942,12 @@ class _Run:
                                 config, epoch, after_step)
         t_train = time.perf_counter() - t0
         valid = predict(self.model, self.valid_loader, acc, f"epoch {epoch} valid", config.progress)
-        results = evaluate_epoch(self.protocols, valid, None, self.class_names)
-        score = self.primary_proto.selection_score(results[self.primary]["valid"], config.select_metric)
+        v, thresholds = evaluate_valid(self.protocols, valid, self.class_names)
+        score = self.primary_proto.selection_score(v[self.primary], config.select_metric)
         tested = config.test_each_epoch or self._improves(score)
-        if tested:
-            test = predict(self.model, self.test_loader, acc, f"epoch {epoch} test", config.progress)
-            results = evaluate_epoch(self.protocols, valid, test, self.class_names)
+        t = evaluate_test(self.protocols, predict(self.model, self.test_loader, acc, f"epoch {epoch} test",
+                                                  config.progress), self.class_names, thresholds) if tested else {}
+        results = {name: {"valid": v[name], "test": t.get(name)} for name in v}
         t_eval = time.perf_counter() - t0 - t_train
         improved = self._select(epoch, score, results)
         self.state["history"].append({

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from emolib.pipeline.profile import Profile, ProfileError, Run, check_jobs
 from emolib.records import RECORD_LOG_ENV
 
 KERNEL_NAME = "emo"
+# Whole lines on the console: the runner's own lines and those of concurrent runs (LinePrefix) take turns.
+_CONSOLE = threading.Lock()
 
 STAGES = ("synth", "prepare", "train", "evaluate", "tables")
 """Where a run's time goes. A notebook cell tagged ``stage:<name>`` counts for that stage; untagged cells count as
@@ -259,13 +262,7 @@ def ancestors(deps: dict[str, set[str]]) -> dict[str, set[str]]:
 class LinePrefix:
     """Console writer for concurrent runs: whole lines only, each starting with ``prefix`` (the run's key)."""
 
-    _lock = None
-
     def __init__(self, target: TextIO, prefix: str) -> None:
-        import threading
-
-        if LinePrefix._lock is None:
-            LinePrefix._lock = threading.Lock()
         self.target, self.prefix, self.partial = target, prefix, ""
 
     def write(self, text: str) -> int:
@@ -273,7 +270,7 @@ class LinePrefix:
         lines = (self.partial + text.replace("\r", "\n")).split("\n")
         self.partial = lines.pop()
         if lines:
-            with LinePrefix._lock:
+            with _CONSOLE:
                 self.target.write("".join(f"{self.prefix}{line}\n" for line in lines if line.strip()))
                 self.target.flush()
         return len(text)
@@ -348,8 +345,9 @@ class Runner:
         write_json(self.state_path, state)
 
     def _print(self, text: str) -> None:
-        self.out.write(text + "\n")
-        self.out.flush()
+        with _CONSOLE:
+            self.out.write(text + "\n")
+            self.out.flush()
 
     # planning ----------------------------------------------------------------------------------------------
     def plan(self, runs: list[Run]) -> list[tuple[Run, dict, str, bool]]:
@@ -384,7 +382,6 @@ class Runner:
     def execute(self, runs: list[Run]) -> list[Outcome]:
         """Run ``runs`` in profile order, up to ``jobs`` at a time: a run starts once every run it depends on
         (``dependencies``) has finished; after a failure nothing new starts and the rest are "not run"."""
-        import threading
         from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
         rows = self.plan(runs)
@@ -404,7 +401,6 @@ class Runner:
         waits = {run.key: deps.get(run.key, set()) & selected for run, *_ in rows}
         after = ancestors(waits)
         state = self._load_state()
-        lock = threading.Lock()  # state file and console lines
         outcomes: dict[str, Outcome] = {}
         start_all = time.monotonic()
         pending = list(enumerate(rows, 1))
@@ -442,20 +438,19 @@ class Runner:
                     head, run, fp = running.pop(future)
                     outcome = future.result()
                     outcomes[run.key] = outcome
-                    with lock:
-                        if outcome.status == "failed":
-                            failed = True
-                            self._print(f"{head}: FAILED after {outcome.seconds:.1f}s\n  {outcome.error}\n"
-                                        f"  partial notebook: {_rel(outcome.notebook_out, self.profile.root)}\n"
-                                        f"  log: {_rel(outcome.log, self.profile.root)}")
-                            state.pop(run.key, None)
-                        else:
-                            self._print(f"{head}: done in {outcome.seconds:.1f}s")
-                            state[run.key] = {"fingerprint": fp, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                              "seconds": round(outcome.seconds, 2), "breakdown": outcome.breakdown,
-                                              # the run records this run wrote, for cost estimates (rehearsal)
-                                              "records": outcome.records}
-                        self._save_state(state)
+                    if outcome.status == "failed":
+                        failed = True
+                        self._print(f"{head}: FAILED after {outcome.seconds:.1f}s\n  {outcome.error}\n"
+                                    f"  partial notebook: {_rel(outcome.notebook_out, self.profile.root)}\n"
+                                    f"  log: {_rel(outcome.log, self.profile.root)}")
+                        state.pop(run.key, None)
+                    else:
+                        self._print(f"{head}: done in {outcome.seconds:.1f}s")
+                        state[run.key] = {"fingerprint": fp, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                          "seconds": round(outcome.seconds, 2), "breakdown": outcome.breakdown,
+                                          # the run records this run wrote, for cost estimates (rehearsal)
+                                          "records": outcome.records}
+                    self._save_state(state)
         ordered = [outcomes.get(run.key) or Outcome(run, "not run") for run, *_ in rows]
         self.summary(ordered, time.monotonic() - start_all)
         return ordered

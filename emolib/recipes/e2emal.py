@@ -91,9 +91,7 @@ def e2emal_loss_params(dataset: str, *, task: str = "multilabel", adaptive: bool
     if mosei and label_weights:
         params["label_weights"] = True
     if mosei and positive_rates:
-        if positive_rates != "train":
-            raise ValueError(f"positive_rates must be '' (the code's constants) or 'train', got {positive_rates!r}")
-        params["positive_rates"] = "train"
+        params["positive_rates"] = positive_rates  # MoseiEmotionLoss checks the value
     return params
 
 
