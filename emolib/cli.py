@@ -12,6 +12,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     if args.bench:
         return _bench_profile(args)
+    if args.keep:
+        raise ValueError("--keep keeps the last repeat of --bench; without --bench there is nothing to keep")
     return run_profile(args.profile, root=Path(args.root) if args.root else None, force=args.force,
                        only=args.only, start_from=args.start_from, dry_run=args.dry_run, kernel=args.kernel,
                        overrides=args.set or (), rehearse=args.rehearse, jobs=args.jobs)
@@ -27,12 +29,14 @@ def _bench_profile(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="emolib-bench-profile-") as tmp:
         result = bench_profile(Path(tmp), args.profile, repeats=args.bench,
                                root=Path(args.root) if args.root else None, kernel=args.kernel, out=sys.stdout,
-                               jobs=args.jobs)
+                               jobs=args.jobs, keep=Path(args.keep) if args.keep else None)
     path = BENCH_DIR / f"{result['profile']}.json"
     write_json(path, result)
     print(f"{result['profile']}: median {result['median_s']:.1f}s over {args.bench} run(s), spread "
           f"{result['spread_s'][0]:.1f}-{result['spread_s'][1]:.1f}s (target {result['target_s']:.0f}s: "
           f"{'met' if result['target_met'] else 'not met'}); {path}")
+    if args.keep:
+        print(f"the last repeat's folder: {args.keep}")
     return 0
 
 
@@ -162,7 +166,8 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         ("device", args.device), ("frame_halve_above", args.frame_halve_above),
         ("frame_center_crop", args.frame_center_crop), ("margin_size", args.margin_size),
         ("face_fallback", args.face_fallback), ("max_video_seconds", args.max_video_seconds),
-        ("face_codec", args.face_codec), ("face_quality", args.face_quality), ("audio_codec", args.audio_codec))
+        ("face_codec", args.face_codec), ("face_quality", args.face_quality), ("audio_codec", args.audio_codec),
+        ("min_face_size", args.min_face_size))
         if v is not None}
     adapter = get_adapter(args.dataset)
     try:
@@ -256,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bench", type=int, metavar="N",
                    help="time the profile N times from clean copies (not the results here) and write "
                         "results/bench/<profile>.json with where each run's time went")
+    p.add_argument("--keep", metavar="DIR", help="with --bench: keep the last repeat's folder (notebooks, results) "
+                                                "in DIR instead of deleting it")
     p.add_argument("--rehearse", action="store_true",
                    help="rehearse the profile on its synthetic release with the paper-size models, two short epochs, "
                         "into results/<profile>-rehearsal/, and estimate the cost of the real run")
@@ -312,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--face-codec", choices=("jpeg", "raw"),
                    help="how faces are stored: jpeg (default; lossy, at --face-quality) or raw (exact crops)")
     p.add_argument("--face-quality", type=int, help="JPEG quality of stored faces, 1-100 (default 80)")
+    p.add_argument("--min-face-size", type=int, help="MTCNN's smallest face in pixels (default 20; larger is "
+                                                     "faster where every face is known to be larger)")
     p.add_argument("--audio-codec", choices=("flac", "raw"), help="how audio is stored (both lossless; default flac)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--shard", help="i/n: process every n-th source file starting at i")

@@ -139,7 +139,8 @@ def smoke_caches(synthetic_cache) -> Mapping[str, Path]:
 
     def build(dataset: str) -> Path:
         p = runs[f"data:{dataset}"]
-        params = PrepareParams(face_size=p["face_size"], img_interval=p["img_interval"])
+        params = PrepareParams(face_size=p["face_size"], img_interval=p["img_interval"],
+                               min_face_size=p.get("min_face_size", PrepareParams.min_face_size))
         return synthetic_cache(dataset, p["synth_size"], p["synth_seed"], params=params, allow_skipped=True,
                                min_face_rate=0.95)
 

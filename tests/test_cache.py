@@ -176,9 +176,10 @@ def test_prepare_cli_chooses_the_encoding(tiny_releases, tmp_path) -> None:
                  "--device", "cpu", "--face-codec", "raw", "--audio-codec", "raw"])
     assert code == 0
     params = Cache(out).provenance["parameters"]
-    assert (params["face_codec"], params["audio_codec"]) == ("raw", "raw")
+    assert (params["face_codec"], params["audio_codec"], params["min_face_size"]) == ("raw", "raw", 20)
     out = tmp_path / "q50-cache"
     assert main(["prepare", "--dataset", "sims", str(tiny_releases["sims"]), str(out), "--face-size", "32",
-                 "--device", "cpu", "--face-quality", "50"]) == 0
+                 "--device", "cpu", "--face-quality", "50", "--min-face-size", "24"]) == 0
     params = Cache(out).provenance["parameters"]
     assert (params["face_codec"], params["face_quality"], params["audio_codec"]) == ("jpeg", 50, "flac")
+    assert params["min_face_size"] == 24

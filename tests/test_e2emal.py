@@ -360,16 +360,18 @@ def test_paper_configuration_size() -> None:
 
 
 def test_tiny_differs_from_the_paper_only_where_it_says() -> None:
-    """tiny: narrow TCNs, AFCNet stages 2-3 expanded 2x, 8 faces per clip (smoke speed) and dropout 0.1 (narrow
-    features); the rest is the paper's."""
+    """tiny: narrow TCNs, AFCNet stages 2-3 expanded 2x, 6 faces and 3 s of audio per clip (smoke speed), dropout
+    0.1 (narrow features), BatchNorm momentum 0.1 (few steps) and no augmentation; the rest is the paper's."""
     import dataclasses
 
-    from emolib.models.e2emal import AFCNET_STAGES, E2EMAL_CONFIGS
+    from emolib.models.e2emal import AFCNET_STAGES, E2EMAL_CONFIGS, KERAS_BN_MOMENTUM
 
     paper, tiny = E2EMAL_CONFIGS["paper"], E2EMAL_CONFIGS["tiny"]
     assert (paper.lfe_expand, paper.video_frames) == (12, 16) and [s.expand for s in AFCNET_STAGES] == [1, 12, 12]
+    assert (paper.audio_frames, paper.bn_momentum, paper.augment) == (400, KERAS_BN_MOMENTUM, True)
     differ = {f.name for f in dataclasses.fields(paper) if getattr(paper, f.name) != getattr(tiny, f.name)}
-    assert differ == {"tcn_filters", "lfe_expand", "video_frames", "feature_dropout", "fusion_dropout"}
+    assert differ == {"tcn_filters", "lfe_expand", "video_frames", "audio_frames", "feature_dropout",
+                      "fusion_dropout", "bn_momentum", "augment"}
     model = build_model("e2emal", "tiny", num_outputs=6, word_vectors=_ZeroVectors())
     expands = [b.body[0].out_channels // b.body[0].in_channels for b in model.visual_lfe.blocks
                if len(b.body) == 8]  # blocks with an expansion conv
@@ -378,22 +380,33 @@ def test_tiny_differs_from_the_paper_only_where_it_says() -> None:
         build_model("e2emal", "tiny", num_outputs=6, word_vectors=_ZeroVectors(), lfe_expand=0)
 
 
+@pytest.mark.parametrize("config", ["paper", "tiny"])
+def test_every_lfe_batchnorm_uses_the_configured_momentum(config) -> None:
+    model = build_model("e2emal", config, num_outputs=6, word_vectors=_ZeroVectors())
+    momenta = {m.momentum for lfe in (model.visual_lfe, model.audio_lfe) for m in lfe.modules()
+               if isinstance(m, torch.nn.BatchNorm2d)}
+    assert momenta == {model.config.bn_momentum} and model.config.bn_momentum == (0.01 if config == "paper" else 0.1)
+    with pytest.raises(ValueError, match="bn_momentum"):
+        build_model("e2emal", config, num_outputs=6, word_vectors=_ZeroVectors(), bn_momentum=0)
+
+
 def test_every_branch_has_the_spec_shapes(tiny_model) -> None:
     batch = contract_batch(**E2EMAL_BATCH)
     tiny_model.eval()
     with torch.no_grad():
-        frames = tiny_model.config.video_frames  # the paper's 16; tiny 8
+        frames = tiny_model.config.video_frames  # the paper's 16; tiny 6
         assert tiny_model.face_clips(batch).shape == (3, frames, 3, 48, 48)
         spec = tiny_model.audio_input(batch)
-        assert spec.shape == (3, 400, 40)
-        assert tiny_model.audio_lfe(spec.unsqueeze(1)).shape == (3, 32, 50, 5)
+        steps = tiny_model.config.audio_frames  # the paper's 400; tiny 300
+        assert spec.shape == (3, steps, 40)
+        assert tiny_model.audio_lfe(spec.unsqueeze(1)).shape == (3, 32, -(-steps // 8), 5)
         assert tiny_model.text_input(batch).shape == (3, 30, 4)
         state = tiny_model.run(batch)
     assert {k: tuple(v.shape) for k, v in state.outputs.items()} == {
         "logits": (3, 6), "audio": (3, 6), "visual": (3, 6), "text": (3, 6)}
     width = tiny_model.config.tcn_filters[-1]  # the paper's 256; tiny 64
     assert {k: tuple(v.shape) for k, v in state.temporal_attention.items()} == {
-        "audio": (3, width, 50), "visual": (3, width, frames), "text": (3, width, 30)}
+        "audio": (3, width, -(-steps // 8)), "visual": (3, width, frames), "text": (3, width, 30)}
     assert state.modality_attention.shape == (3, 32, 3)
     assert tiny_model.text_vectors_description.startswith("glove:")
 
@@ -417,7 +430,11 @@ def test_training_mode_gradients_l2_and_augmentation(tiny_model) -> None:
     assert not missing, missing
     assert set(parts) >= {"loss_audio", "loss_visual", "loss_text", "loss_fused", "s_fused", "l2"}
     with torch.no_grad():
-        assert not torch.equal(tiny_model(batch)["logits"], tiny_model(batch)["logits"])  # noise + augmentation
+        assert not torch.equal(tiny_model(batch)["logits"], tiny_model(batch)["logits"])  # GaussianDropout noise
+        # tiny trains without augmentation; the paper's configuration (augment=True) augments faces and spectrograms
+        assert torch.equal(tiny_model.face_clips(batch), tiny_model.face_clips(batch))
+        augmenting = build_model("e2emal", "tiny", num_outputs=6, word_vectors=_ZeroVectors(), augment=True).train()
+        assert not torch.equal(augmenting.face_clips(batch), augmenting.face_clips(batch))
     tiny_model.eval()
 
 

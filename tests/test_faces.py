@@ -235,6 +235,14 @@ def test_min_conf_keeps_the_largest_passing_face(two_faces):
     assert not none.found[0] and none.conf[0] == 0
 
 
+def test_prepare_params_set_mtcnn_smallest_face() -> None:
+    assert make_cropper(PrepareParams(device="cpu")).mtcnn.min_face_size == 20  # facenet's, the papers' default
+    assert make_cropper(PrepareParams(min_face_size=60, device="cpu")).mtcnn.min_face_size == 60
+    assert make_cropper(PrepareParams(min_face_size=60, device="cpu"), min_face_size=40).mtcnn.min_face_size == 40
+    with pytest.raises(ValueError, match="min_face_size"):
+        PrepareParams(min_face_size=0)
+
+
 def test_e2emal_sees_the_smaller_passing_face_only_in_a_cache_built_with_its_threshold(two_faces):
     frame, (big, small) = two_faces
     cut = float((big[4] + small[4]) / 2)  # stands for E2EMAL's 0.65 (see the test above)

@@ -334,7 +334,8 @@ def test_profile_benchmark_times_a_profile_from_scratch(repo: Path, tmp_path: Pa
         "name: one\nsteps:\n  - {name: s, notebook: notebooks/echo.ipynb, parameters: {label: a, "
         "out_file: out/t.json}}\n")
     console = io.StringIO()
-    result = bench_profile(tmp_path / "work", "one", repeats=2, root=repo, out=console)
+    kept = tmp_path / "kept"
+    result = bench_profile(tmp_path / "work", "one", repeats=2, root=repo, out=console, keep=kept)
     assert "one: repeat 2 of 2" in console.getvalue() and "where the time went" in console.getvalue()
     assert len(result["repeats"]) == 2 and result["median_s"] > 0 and result["profile"] == "one"
     assert result["spread_s"] == [min(result["wall_s"]), max(result["wall_s"])]
@@ -343,6 +344,11 @@ def test_profile_benchmark_times_a_profile_from_scratch(repo: Path, tmp_path: Pa
         assert sum(rep["stages"].values()) == pytest.approx(rep["runs"]["s"]["seconds"], abs=0.05)
     assert result["target_met"] == (result["median_s"] <= result["target_s"]) and result["hardware"]["cpu_count"]
     assert not (repo / "results" / "one").exists()  # the repository's own results are not touched
+    # the last repeat's folder is kept where asked, the others are gone
+    assert (kept / "params" / "one.yaml").is_file() and (kept / "results" / "one" / ".runner" / "state.json").is_file()
+    assert not list((tmp_path / "work").glob("repeat-*"))
+    with pytest.raises(ValueError, match="absent or empty"):
+        bench_profile(tmp_path / "w3", "one", repeats=1, root=repo, keep=kept)
     with pytest.raises(ValueError, match="repeats"):
         bench_profile(tmp_path / "w2", "one", repeats=0, root=repo)
 

@@ -10,12 +10,15 @@ quarter of the gap to the bound of its three modalities (tests/test_e2emal_learn
 run); every other multimodal model must beat C, and the table shows how far each gets.
 
 The fixture runs ``emolib run smoke`` from a clean copy of the notebooks and the profile (about 10 minutes on two
-cores), so this runs with ``make test-all``, not in the default suite.
+cores), so this runs with ``make test-all``, not in the default suite. ``EMOLIB_SMOKE_ROOT=<folder>`` scores a
+finished run instead: a folder holding ``results/smoke`` of the current profile, e.g. the last repeat of
+``emolib run smoke --bench 3 --keep <folder>``.
 """
 
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import pytest
@@ -59,11 +62,16 @@ def design_score(record: dict, record_path: Path, base: Path) -> float:
 
 @pytest.fixture(scope="module")
 def scores(tmp_path_factory) -> list[dict]:
-    root = tmp_path_factory.mktemp("smoke-profile")
-    profile = load_profile("smoke", ROOT)
-    fresh_root(profile.path, ROOT, root, "smoke")
-    out = io.StringIO()
-    assert run_profile("smoke", root=root, out=out) == 0, out.getvalue()[-4000:]
+    if os.environ.get("EMOLIB_SMOKE_ROOT"):
+        root = Path(os.environ["EMOLIB_SMOKE_ROOT"])
+        assert (root / "params" / "smoke.yaml").read_text() == load_profile("smoke", ROOT).path.read_text(), (
+            f"{root}: ran another smoke profile than params/smoke.yaml")
+    else:
+        root = tmp_path_factory.mktemp("smoke-profile")
+        profile = load_profile("smoke", ROOT)
+        fresh_root(profile.path, ROOT, root, "smoke")
+        out = io.StringIO()
+        assert run_profile("smoke", root=root, out=out) == 0, out.getvalue()[-4000:]
     base = root / "results" / "smoke"
     rows = []
     for path in sorted((base / "runs").rglob("seed=*.json")):

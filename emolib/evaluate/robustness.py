@@ -55,8 +55,9 @@ REMOVAL: dict[str, str] = {
     "audio-only": "reads audio only: removing audio leaves one all-zero mel piece; other removals change nothing.",
     "visual-only": "reads faces only: removing them leaves the CLS token alone; other removals change nothing.",
     "text-only": "reads the transcript only: removing it leaves [CLS] [SEP]; other removals change nothing.",
-    "e2emal": ("visual: no face passes the confidence filter, so all 16 frames are black (E2EMAL's own rule for a clip "
-               "without a confident face); audio: an empty waveform gives an all-zero dB spectrogram; text: 30 zero "
+    "e2emal": ("visual: no face passes the confidence filter, so all its frames (16 in the paper configuration) "
+               "are black (E2EMAL's own rule for a clip without a confident face); audio: an empty waveform gives an "
+               "all-zero dB spectrogram; text: 30 zero "
                "word vectors. The modality attention still weighs all three features."),
     "emombt": ("visual: no frames, the visual sequence holds its bottleneck tokens and CLS only (padding mask); audio: "
                "an empty waveform is zero-padded to one 0.96 s VGGish example of silence; text: [CLS] [SEP]. The "

@@ -36,10 +36,14 @@ def fresh_root(profile_path: Path, source: Path, dest: Path, name: str) -> None:
 
 def bench_profile(workdir: Path, profile: str = "smoke", *, repeats: int = 3, root: Path | None = None,
                   kernel: str | None = None, out: TextIO | None = None,
-                  jobs: int | str | None = None) -> dict[str, Any]:
+                  jobs: int | str | None = None, keep: Path | None = None) -> dict[str, Any]:
     """Run the profile (a name or a file, as ``emolib run`` takes it) ``repeats`` times from scratch under
     ``workdir``; see the module docstring. The runner's output also goes to ``out`` (the console from the CLI). A
-    failed run raises with the end of the runner's output."""
+    failed run raises with the end of the runner's output. ``keep``: a folder (absent or empty) the last repeat's
+    folder moves to instead of being deleted, so its records can be read afterwards (tests/test_smoke_scores.py
+    scores them with ``EMOLIB_SMOKE_ROOT``)."""
+    if keep is not None and Path(keep).exists() and any(Path(keep).iterdir()):
+        raise ValueError(f"{keep}: the folder to keep the last repeat in must be absent or empty")
     from emolib.io import read_json
     from emolib.pipeline.profile import load_profile
 
@@ -65,7 +69,12 @@ def bench_profile(workdir: Path, profile: str = "smoke", *, repeats: int = 3, ro
                 for key, entry in state.items()}
         done.append({"wall_s": round(wall, 2), "runs": runs,
                      "stages": sum_breakdowns(r["breakdown"] for r in runs.values())})
-        shutil.rmtree(work, ignore_errors=True)
+        if keep is not None and i == repeats - 1:
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            Path(keep).rmdir()
+            shutil.move(str(work), str(keep))
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     from emolib.pipeline.runner import resolve_jobs
 
     walls = [r["wall_s"] for r in done]
