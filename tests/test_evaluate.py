@@ -296,6 +296,16 @@ def test_clean_condition_reproduces_the_record_test_score(tiny_caches, tmp_path)
     assert by[("-text", primary)]["reused_clean"] and by[("word-dropout", primary)]["reused_clean"]
     assert not by[("-audio", primary)]["reused_clean"] and not by[("audio-noise", primary)]["reused_clean"]
     assert R.clean_check(record, {primary: {**record["metrics"][primary]["test"]["average"]}}) == []
+    # in worker processes (one thread each): the same rows, in run order
+    import pandas as pd
+
+    one = R.evaluate_runs([runs[0], runs[0]], conds, progress=False)
+    two = R.evaluate_runs([runs[0], runs[0]], conds, progress=False, workers=2)
+    pd.testing.assert_frame_equal(one, two)
+    assert len(one) == 2 * len(rows)
+    pd.testing.assert_frame_equal(one.iloc[: len(rows)], pd.DataFrame(rows))
+    with pytest.raises(ValueError, match="workers"):
+        R.evaluate_runs(runs, conds, workers=0)
     broken = {primary: {k: (v + 0.1 if isinstance(v, float) else v)
                         for k, v in record["metrics"][primary]["test"]["average"].items()}}
     assert R.clean_check(record, broken)

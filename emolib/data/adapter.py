@@ -100,6 +100,10 @@ class Adapter:
         Deviation("prepare.face_codec", "faces are stored as JPEG at face_quality (lossy, 10x smaller cache than "
                   "Dai's frame dump); Dai et al. keep the crops MTCNN makes exact", "emolib",
                   "jpeg (emolib) | raw (exact crops; the dai recipe)", "emolib.data.cache"),
+        Deviation("prepare.min_face_size", "MTCNN's smallest face: the papers keep facenet-pytorch's 20 px; a larger "
+                  "value skips the finest pyramid scales (faster; boxes move by a few pixels, smaller faces are "
+                  "missed)", "paper", "20 (paper) | 60 (smoke profile: synthetic faces >= ~100 px)",
+                  "emolib.data.prepare.PrepareParams"),
     )
     download_manifest: ClassVar[list[dict[str, Any]] | None] = None
     download_help: ClassVar[str] = ""

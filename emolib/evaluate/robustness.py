@@ -297,12 +297,22 @@ def evaluate_run(run: Run, conds: Sequence[Condition] | None = None, *, device: 
 
 
 def evaluate_runs(runs: Sequence[Run], conds: Sequence[Condition] | None = None, *, device: str | None = "cpu",
-                  seed: int = 0, cache_search: Sequence[str | Path] = (), progress: bool = True):
-    """``evaluate_run`` for every run (test records loaded once per cache) as one DataFrame."""
+                  seed: int = 0, cache_search: Sequence[str | Path] = (), progress: bool = True,
+                  workers: int = 1):
+    """``evaluate_run`` for every run (test records loaded once per cache) as one DataFrame, rows in run order.
+
+    ``workers > 1`` evaluates the runs in that many processes, one thread each (tiny models use a second thread
+    poorly: two processes evaluate about twice as many runs per second on two cores as one process with two
+    threads); each process loads the test records of the caches it meets once. The rows are the same as with one
+    process (the clean condition still has to reproduce every record)."""
     import json
 
     import pandas as pd
 
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if workers > 1 and len(runs) > 1:
+        return pd.DataFrame(_evaluate_in_processes(runs, conds, device, seed, cache_search, progress, workers))
     loaded: dict[tuple[Path, str], list[Record]] = {}
     rows = []
     for run in runs:
@@ -312,6 +322,40 @@ def evaluate_runs(runs: Sequence[Run], conds: Sequence[Condition] | None = None,
             loaded[key] = split_records(Cache(cache_dir), "test", run.record)
         rows += evaluate_run(run, conds, device=device, seed=seed, records=loaded[key], progress=progress)
     return pd.DataFrame(rows)
+
+
+def _evaluate_in_processes(runs, conds, device, seed, cache_search, progress, workers) -> list[dict[str, Any]]:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn: a fresh interpreter (a forked Jupyter kernel with torch's thread pools is not safe to reuse)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(min(workers, len(runs)), mp_context=context, initializer=_one_thread) as pool:
+        futures = [pool.submit(_evaluate_one, run, conds, device, seed, tuple(cache_search)) for run in runs]
+        rows = []
+        for run, future in zip(runs, futures):
+            rows += future.result()
+            if progress:
+                print(f"robustness: {run.name} done", flush=True)
+    return rows
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+_WORKER_RECORDS: dict[tuple[str, str], list[Record]] = {}
+
+
+def _evaluate_one(run: Run, conds, device, seed, cache_search) -> list[dict[str, Any]]:
+    """One run in a worker process; the test records of each cache are loaded once per process."""
+    import json
+
+    cache_dir = resolve_cache(run.record, cache_search).resolve()
+    key = (str(cache_dir), json.dumps(run.record.get("extra", {}).get("split") or {}, sort_keys=True))
+    if key not in _WORKER_RECORDS:
+        _WORKER_RECORDS[key] = split_records(Cache(cache_dir), "test", run.record)
+    return evaluate_run(run, conds, device=device, seed=seed, records=_WORKER_RECORDS[key])
 
 
 def headline_key(protocol: str) -> str:
