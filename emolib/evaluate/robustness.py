@@ -57,8 +57,8 @@ REMOVAL: dict[str, str] = {
     "text-only": "reads the transcript only: removing it leaves [CLS] [SEP]; other removals change nothing.",
     "e2emal": ("visual: no face passes the confidence filter, so all its frames (16 in the paper configuration) "
                "are black (E2EMAL's own rule for a clip without a confident face); audio: an empty waveform gives an "
-               "all-zero dB spectrogram; text: 30 zero "
-               "word vectors. The modality attention still weighs all three features."),
+               "all-zero dB spectrogram; text: 30 zero word vectors. The modality attention still weighs all three "
+               "features."),
     "emombt": ("visual: no frames, the visual sequence holds its bottleneck tokens and CLS only (padding mask); audio: "
                "an empty waveform is zero-padded to one 0.96 s VGGish example of silence; text: [CLS] [SEP]. The "
                "bottleneck tokens still carry whatever the remaining modalities put in."),
@@ -305,23 +305,30 @@ def evaluate_runs(runs: Sequence[Run], conds: Sequence[Condition] | None = None,
     poorly: two processes evaluate about twice as many runs per second on two cores as one process with two
     threads); each process loads the test records of the caches it meets once. The rows are the same as with one
     process (the clean condition still has to reproduce every record)."""
-    import json
-
     import pandas as pd
 
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     if workers > 1 and len(runs) > 1:
         return pd.DataFrame(_evaluate_in_processes(runs, conds, device, seed, cache_search, progress, workers))
-    loaded: dict[tuple[Path, str], list[Record]] = {}
+    loaded: dict[tuple[str, str], list[Record]] = {}
     rows = []
     for run in runs:
-        cache_dir = resolve_cache(run.record, cache_search).resolve()
-        key = (cache_dir, json.dumps(run.record.get("extra", {}).get("split") or {}, sort_keys=True))
-        if key not in loaded:
-            loaded[key] = split_records(Cache(cache_dir), "test", run.record)
-        rows += evaluate_run(run, conds, device=device, seed=seed, records=loaded[key], progress=progress)
+        rows += evaluate_run(run, conds, device=device, seed=seed, records=_test_records(run, cache_search, loaded),
+                             progress=progress)
     return pd.DataFrame(rows)
+
+
+def _test_records(run: Run, cache_search: Sequence[str | Path],
+                  loaded: dict[tuple[str, str], list[Record]]) -> list[Record]:
+    """The test records of the run's cache and split, loaded once per (cache, split rule) into ``loaded``."""
+    import json
+
+    cache_dir = resolve_cache(run.record, cache_search).resolve()
+    key = (str(cache_dir), json.dumps(run.record.get("extra", {}).get("split") or {}, sort_keys=True))
+    if key not in loaded:
+        loaded[key] = split_records(Cache(cache_dir), "test", run.record)
+    return loaded[key]
 
 
 def _evaluate_in_processes(runs, conds, device, seed, cache_search, progress, workers) -> list[dict[str, Any]]:
@@ -349,13 +356,8 @@ _WORKER_RECORDS: dict[tuple[str, str], list[Record]] = {}
 
 def _evaluate_one(run: Run, conds, device, seed, cache_search) -> list[dict[str, Any]]:
     """One run in a worker process; the test records of each cache are loaded once per process."""
-    import json
-
-    cache_dir = resolve_cache(run.record, cache_search).resolve()
-    key = (str(cache_dir), json.dumps(run.record.get("extra", {}).get("split") or {}, sort_keys=True))
-    if key not in _WORKER_RECORDS:
-        _WORKER_RECORDS[key] = split_records(Cache(cache_dir), "test", run.record)
-    return evaluate_run(run, conds, device=device, seed=seed, records=_WORKER_RECORDS[key])
+    return evaluate_run(run, conds, device=device, seed=seed,
+                        records=_test_records(run, cache_search, _WORKER_RECORDS))
 
 
 def headline_key(protocol: str) -> str:

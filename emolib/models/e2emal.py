@@ -95,8 +95,8 @@ KERAS_BN_MOMENTUM = 0.01
 """Keras' BatchNormalization momentum 0.99 in PyTorch's convention (the weight of the new batch's statistics)."""
 
 
-def _bn(channels: int) -> nn.BatchNorm2d:
-    return nn.BatchNorm2d(channels, eps=1e-3, momentum=KERAS_BN_MOMENTUM)  # Keras epsilon 1e-3
+def _bn(channels: int, momentum: float = KERAS_BN_MOMENTUM) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, eps=1e-3, momentum=momentum)  # Keras epsilon 1e-3
 
 
 def keras_pad(x: Tensor, kernel: int, stride: int) -> Tensor:
@@ -126,14 +126,15 @@ class InvertedResidual(nn.Module):
     """EfficientNet block without SE: [1x1 expand + BN + ReLU] -> depthwise kxk + BN + ReLU -> 1x1 project + BN,
     identity skip when stride 1 and in == out."""
 
-    def __init__(self, filters_in: int, filters_out: int, kernel: int, stride: int, expand: int) -> None:
+    def __init__(self, filters_in: int, filters_out: int, kernel: int, stride: int, expand: int,
+                 bn_momentum: float = KERAS_BN_MOMENTUM) -> None:
         super().__init__()
         hidden = filters_in * expand
         layers: list[nn.Module] = []
         if expand != 1:
-            layers += [KerasConv2d(filters_in, hidden, 1), _bn(hidden), nn.ReLU()]
-        layers += [KerasConv2d(hidden, hidden, kernel, stride, groups=hidden), _bn(hidden), nn.ReLU(),
-                   KerasConv2d(hidden, filters_out, 1), _bn(filters_out)]
+            layers += [KerasConv2d(filters_in, hidden, 1), _bn(hidden, bn_momentum), nn.ReLU()]
+        layers += [KerasConv2d(hidden, hidden, kernel, stride, groups=hidden), _bn(hidden, bn_momentum), nn.ReLU(),
+                   KerasConv2d(hidden, filters_out, 1), _bn(filters_out, bn_momentum)]
         self.body = nn.Sequential(*layers)
         self.skip = stride == 1 and filters_in == filters_out
 
@@ -150,19 +151,21 @@ class AFCNet(nn.Module):
     """
 
     def __init__(self, in_channels: int = 3, pooling: str | None = "max", rescale: bool = True,
-                 stem: int = 32, stages: Sequence[StageSpec] = AFCNET_STAGES, top: int = 32) -> None:
+                 stem: int = 32, stages: Sequence[StageSpec] = AFCNET_STAGES, top: int = 32,
+                 bn_momentum: float = KERAS_BN_MOMENTUM) -> None:
         super().__init__()
         if pooling not in ("max", None):
             raise ValueError(f"pooling must be 'max' or None, got {pooling!r}")
-        self.stem = nn.Sequential(KerasConv2d(in_channels, stem, 3, stride=2), _bn(stem), nn.ReLU())
+        self.stem = nn.Sequential(KerasConv2d(in_channels, stem, 3, stride=2), _bn(stem, bn_momentum), nn.ReLU())
         blocks = []
         for spec in stages:
             for j in range(spec.repeats):
                 blocks.append(InvertedResidual(spec.filters_in if j == 0 else spec.filters_out, spec.filters_out,
-                                               spec.kernel, spec.stride if j == 0 else 1, spec.expand))
+                                               spec.kernel, spec.stride if j == 0 else 1, spec.expand,
+                                               bn_momentum))
         self.blocks = nn.Sequential(*blocks)
         last = stages[-1].filters_out if stages else stem
-        self.top = nn.Sequential(KerasConv2d(last, top, 3), _bn(top), nn.ReLU())
+        self.top = nn.Sequential(KerasConv2d(last, top, 3), _bn(top, bn_momentum), nn.ReLU())
         self.pooling, self.rescale, self.out_channels = pooling, rescale, top
         self.n_stride2 = 1 + sum(1 for s in stages if s.stride == 2)
 
@@ -353,11 +356,8 @@ class E2EMAL(EmotionModel):
                "dropout_rate": c.tcn_dropout}
 
         stages = tuple(st._replace(expand=c.lfe_expand) if st.expand != 1 else st for st in AFCNET_STAGES)
-        self.visual_lfe = AFCNet(3, pooling="max", rescale=True, stages=stages)
-        self.audio_lfe = AFCNet(1, pooling=None, rescale=False, stages=stages)
-        for bn in (m for lfe in (self.visual_lfe, self.audio_lfe) for m in lfe.modules()):
-            if isinstance(bn, nn.BatchNorm2d):
-                bn.momentum = c.bn_momentum
+        self.visual_lfe = AFCNet(3, pooling="max", rescale=True, stages=stages, bn_momentum=c.bn_momentum)
+        self.audio_lfe = AFCNet(1, pooling=None, rescale=False, stages=stages, bn_momentum=c.bn_momentum)
         self.spectrogram = E2EMALSpectrogram(sample_rate=c.sample_rate, n_mels=c.n_mels, frames=c.audio_frames,
                                              mode=c.audio_mode, chunk_pad_quirk=c.chunk_pad_quirk)
         audio_steps, audio_bins = self.audio_lfe.output_hw(c.audio_frames, c.n_mels)
