@@ -71,7 +71,8 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
 # Fields that may change between a run and its resumption without changing what is computed.
-_RESUMABLE_CHANGES = ("epochs", "num_workers", "progress", "test_each_epoch")
+# Settings that change speed (or float rounding) but not what is trained: a run may resume under other values.
+_RESUMABLE_CHANGES = ("epochs", "num_workers", "progress", "test_each_epoch", "fused_optimizer", "channels_last")
 _AMP = ("no", "fp16", "bf16", "auto")
 
 
@@ -89,6 +90,17 @@ class TrainConfig:
     # 1e-7. Keras adds it to sqrt(v) before the bias correction ("epsilon hat"), PyTorch after, so Keras's 1e-7
     # acts like a PyTorch eps of 1e-7 / sqrt(1 - beta2^t): ~3e-6 at the first step, ~1e-7 after a few thousand.
     adam_eps: float = 1e-8
+    # PyTorch's fused Adam/AdamW kernel (CPU and CUDA): one pass over each parameter instead of the default
+    # implementation's separate elementwise passes (mul, lerp, sqrt, div, ...), the same update up to float
+    # rounding. One thread of a 2-core CPU, the optimiser step of a MiniLM text model (22.6M parameters): default
+    # 243 ms, fused 36 ms. False: PyTorch's default (for-loop on CPU, foreach on CUDA).
+    fused_optimizer: bool = True
+    # The model's 4-D weights (convolutions) in channels-last memory order, so that oneDNN / cuDNN convolve NHWC
+    # maps: the same model up to float rounding. One thread of a 2-core CPU, tiny configurations, one training
+    # step: EmoMBT 1.46 -> 0.98 s, E2EMAL 0.53 -> 0.34 s, audio-only 0.29 -> 0.17 s, FE2E 0.66 -> 0.54 s; on GPUs
+    # it is the layout tensor cores want under AMP. Evaluation of the run's checkpoint uses the same layout
+    # (``emolib.predict.load_checkpoint``), so its outputs reproduce the record's.
+    channels_last: bool = True
     text_lr_factor: float = 10.0  # handed to the model's lr_factors(); the papers divide the text lr by it
     lr_factors: dict[str, float] = field(default_factory=dict)  # {param-name prefix: factor}, beats the model's
     scheduler: str = "none"  # none | cosine (stepped per batch, as Dai's -sc and E2EMAL)
@@ -359,7 +371,24 @@ def parameter_groups(model: nn.Module, loss: nn.Module, config: TrainConfig) -> 
 
 def build_optimizer(groups: list[dict[str, Any]], config: TrainConfig) -> torch.optim.Optimizer:
     cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
-    return cls(groups, lr=config.lr, weight_decay=config.weight_decay, eps=config.adam_eps)
+    fused = config.fused_optimizer and all(p.is_floating_point() for g in groups for p in g["params"])
+    return cls(groups, lr=config.lr, weight_decay=config.weight_decay, eps=config.adam_eps,
+               **({"fused": True} if fused else {}))
+
+
+def match_state_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give each parameter's optimiser state (Adam's moments) the parameter's memory layout.
+
+    ``load_state_dict`` keeps the strides the state was saved with, and PyTorch's fused Adam walks parameter and
+    state as flat buffers: a channels-last weight with contiguous moments (a checkpoint written before
+    ``channels_last``, or under the other setting) would be updated with the wrong moments (measured: an
+    error of 0.16 after one step of lr 0.1, against 6e-8 with matching layouts)."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                    state[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
 
 
 class LrSchedule:
@@ -842,6 +871,8 @@ class _Run:
         if self.cuda:
             torch.cuda.reset_peak_memory_stats(accelerator.device)
         self.loss = loss.to(accelerator.device)
+        if config.channels_last:
+            model.to(memory_format=torch.channels_last)
         frozen = freeze_hooked_params(model)
         groups = parameter_groups(model, loss, config)
         model_ids = {id(p) for p in model.parameters()}
@@ -884,6 +915,7 @@ class _Run:
         _check_resumable(ckpt, self.config, self.class_names, self.dataset_name, self.last_path)
         self.raw_model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
+        match_state_layout(self.optimizer.optimizer)  # the torch optimiser inside accelerate's wrapper
         if self.scheduler is not None:
             self.scheduler.load_state_dict(ckpt["scheduler"])
         if self.swa is not None and ckpt.get("swa") is not None:

@@ -106,6 +106,22 @@ class TinyFusion(nn.Module):
         return self._freeze
 
 
+class TinyConvFusion(TinyFusion):
+    """TinyFusion whose faces pass a 3x3 convolution first: a 4-D weight for the channels-last setting."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, batch: dict) -> dict:
+        return super().forward({**batch, "faces": self.conv(batch["faces"].float())})
+
+
+def seeded_conv_model() -> TinyConvFusion:
+    seed_everything(7)
+    return TinyConvFusion()
+
+
 class LearnableScaleBCE(nn.Module):
     """A loss with a parameter of its own, to check that the trainer optimises it."""
 
@@ -426,3 +442,30 @@ def test_test_split_only_at_improving_epochs_gives_the_same_record(splits, tmp_p
     from emolib.viz import training_curves
 
     training_curves([best])  # plots the test curve with its gaps
+
+
+def test_fused_channels_last_training_equals_the_default_up_to_rounding(splits, tmp_path):
+    fast, fast_model = run(splits, tmp_path / "fast", model=seeded_conv_model(), epochs=3)  # the defaults
+    weight = fast_model.conv.weight
+    assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    assert fast["params"]["train"]["fused_optimizer"] and fast["params"]["train"]["channels_last"]
+    plain, plain_model = run(splits, tmp_path / "plain", model=seeded_conv_model(), epochs=3,
+                             fused_optimizer=False, channels_last=False)
+    assert plain_model.conv.weight.is_contiguous()
+    np.testing.assert_allclose(fast["curves"]["train_loss"], plain["curves"]["train_loss"], rtol=1e-5)
+    for key, value in plain_model.state_dict().items():
+        torch.testing.assert_close(fast_model.state_dict()[key], value, rtol=1e-4, atol=1e-5)
+
+
+def test_resume_under_the_other_memory_layout_matches_uninterrupted(splits, tmp_path):
+    # last.pt written with contiguous weights and Adam moments, resumed channels-last: the fused Adam must not
+    # pair a channels-last weight with contiguous moments (match_state_layout).
+    full, full_model = run(splits, tmp_path / "full", model=seeded_conv_model(), epochs=3, channels_last=False)
+    with pytest.raises(Killed):
+        run(splits, tmp_path / "part", model=seeded_conv_model(), epochs=3, channels_last=False,
+            on_epoch_end=kill_after(1))
+    resumed, resumed_model = run(splits, tmp_path / "part", model=seeded_conv_model(), epochs=3, resume=True)
+    assert resumed_model.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    np.testing.assert_allclose(resumed["curves"]["train_loss"], full["curves"]["train_loss"], rtol=1e-5)
+    for key, value in full_model.state_dict().items():
+        torch.testing.assert_close(resumed_model.state_dict()[key], value, rtol=1e-4, atol=1e-5)
