@@ -187,11 +187,12 @@ def load_checkpoint(path: str | os.PathLike, *, record: str | os.PathLike | Mapp
     model.to(device).eval()
     if fuse and callable(getattr(model, "fuse", None)):
         model.fuse()
-    if rec.get("params", {}).get("train", {}).get("channels_last"):
+    params = rec.get("params", {})
+    if params.get("train", {}).get("channels_last"):
         # the layout the run was trained and tested in: the same convolution algorithms, so a re-evaluation
         # reproduces the record's test outputs to the last bit
         model.to(memory_format=torch.channels_last)
-    data = rec.get("params", {}).get("data", {})
+    data = params.get("data", {})
     # with_defaults: a checkpoint trained on an older cache reads its faces as that cache stored them (raw)
     prepare = PrepareParams(**_known_fields(PrepareParams, with_defaults(data.get("cache_parameters") or {})))
     frames = FrameOptions(**_known_fields(FrameOptions, data.get("frames") or {}))

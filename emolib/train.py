@@ -70,8 +70,8 @@ from emolib.records import SCHEMA_VERSION, environment_info, git_commit, to_buil
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
-# Fields that may change between a run and its resumption without changing what is computed.
-# Settings that change speed (or float rounding) but not what is trained: a run may resume under other values.
+# Fields that may change between a run and its resumption without changing what is trained (the last two change
+# speed and float rounding only).
 _RESUMABLE_CHANGES = ("epochs", "num_workers", "progress", "test_each_epoch", "fused_optimizer", "channels_last")
 _AMP = ("no", "fp16", "bf16", "auto")
 
