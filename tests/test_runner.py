@@ -326,6 +326,18 @@ def test_every_stage_tag_in_the_notebooks_is_known() -> None:
     assert seen == set(STAGES)
 
 
+def test_hardware_names_the_cpu_beyond_its_model_name() -> None:
+    """Two VMs both reporting "AMD EPYC" ran the smoke 2x apart: the record keeps family, model and vector unit."""
+    from emolib.bench.common import cpuinfo
+
+    zen5 = ("processor\t: 0\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: AMD EPYC\n"
+            "flags\t\t: fpu sse2 avx avx2 avx512f\n\nprocessor\t: 1\ncpu family\t: 99\nmodel name\t: other\n")
+    assert cpuinfo(zen5) == {"cpu": "AMD EPYC", "cpu_family": "26", "cpu_model": "2", "cpu_vector": "avx512f"}
+    zen3 = "cpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx avx2\n"
+    assert cpuinfo(zen3)["cpu_vector"] == "avx2" and cpuinfo(zen3)["cpu_family"] == "25"
+    assert cpuinfo("") == {"cpu": "", "cpu_family": None, "cpu_model": None, "cpu_vector": None}
+
+
 def test_profile_benchmark_times_a_profile_from_scratch(repo: Path, tmp_path: Path) -> None:
     """emolib run --bench on a one-step profile: fresh folder per repeat, breakdown kept, median and spread."""
     from emolib.pipeline.benchmark import bench_profile

@@ -12,19 +12,31 @@ from typing import Any
 BENCH_DIR = Path("results") / "bench"
 
 
+def cpuinfo(text: str) -> dict[str, Any]:
+    """The first processor's identity from ``/proc/cpuinfo`` text. Virtual machines often report a bare model
+    name ("AMD EPYC") for CPUs 2x apart in speed, so the family/model numbers and the widest vector unit go too."""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            break  # the first processor's block ends at the first blank line
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    flags = set(fields.get("flags", "").split())
+    vector = next((isa for isa in ("avx512f", "avx2", "avx") if isa in flags), None)
+    return {"cpu": fields.get("model name", ""), "cpu_family": fields.get("cpu family"),
+            "cpu_model": fields.get("model"), "cpu_vector": vector}
+
+
 def hardware() -> dict[str, Any]:
     import torch
 
-    cpu = platform.processor() or ""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        info = cpuinfo(Path("/proc/cpuinfo").read_text())
     except OSError:
-        pass
+        info = {}
     return {
-        "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        **info, "cpu": info.get("cpu") or platform.processor() or "", "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
     }
