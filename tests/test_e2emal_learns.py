@@ -35,11 +35,12 @@ MODALITIES = ("audio", "visual", "text")
 # with them, stayed at chance (tiny: bn_momentum 0.1). With all four fixed the profile's run learns (test AUC
 # ~0.69-0.72, E2EMAL's own weighted accuracy 0.63-0.65) and its dai-mosei test weighted accuracy, with thresholds
 # picked on 45 valid clips, lands at 0.58-0.60 (2026-12-02 evening, several schedules), at or just under the bar.
-# 2026-12-03, another machine: 0.673 / 0.580; 12 epochs, batch 4, lr 0.003 and lr 0.005 on seeds 0 and 1 gave
-# 0.50-0.64, none clearing the bar for both variants and seeds (75 test clips: ~0.04 between seeds).
+# 2026-12-03, another machine: 0.673 / 0.580; on seeds 0 and 1, 12 epochs, batch 4, lr 0.003 and lr 0.005 gave
+# 0.50-0.64, the paper's augmentation 0.52-0.57, dropout 0.3 0.53-0.56 and dropout 0 0.59-0.66: none clears the
+# bar for both variants and seeds (75 test clips: ~0.04 between seeds; the mean stays near 0.60).
 PROPOSED_SMOKE_SCHEDULE: dict = {}
 
-# Slow (the profile's run alone: about 4 minutes on a 2-core machine): runs with `make test-all`, not in the default
+# Slow (the profile's two E2EMAL runs: about 2 minutes on a 2-core machine): runs with `make test-all`, not in the default
 # suite.
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -52,22 +53,26 @@ def _profile_parameters(variant: str) -> dict:
 
 
 # Known open defect (issue 18): strict, so the day the smoke schedule makes E2EMAL learn this turns into a failure
-# that asks for the marker to go.
+# that asks for the marker to go. Both variants must clear the bar, as in tests/test_smoke_scores.py: one alone is
+# decided by float rounding (seed 0, adaptive: 0.673 on a Zen 5 machine, 0.560 on a Zen 3 one; fused-only 0.580 /
+# 0.602), so a per-variant xfail passed on some machines and failed on others.
 @pytest.mark.xfail(strict=True, reason="issue 18: E2EMAL learns in the smoke schedule but its dai-mosei score "
-                                        "stays just below a quarter of the gap")
-@pytest.mark.parametrize("variant", ["adaptive"])
-def test_e2emal_beats_constant_predictor(variant, smoke_caches, tmp_path) -> None:
+                                        "stays near, not above, a quarter of the gap for both variants")
+def test_e2emal_beats_constant_predictor(smoke_caches, tmp_path) -> None:
     chance = synthetic.chance_accuracy("mosei")
     bound = synthetic.cue_accuracy("mosei", MODALITIES)
     bar = chance + GAP_FRACTION * (bound - chance)
-    params = _profile_parameters(variant)
-    assert params["dataset"] == "mosei"
     cache = smoke_caches["mosei"]
     data = load_splits(cache, FrameOptions(**E2EMAL_FRAMES))
-    exp = e2emal_experiment(**params, variant=variant, profile="itest", cache_dir=str(cache), results_root=tmp_path,
-                            progress=False)
-    record = run_experiment(exp, [0], data=data)[0]
-    score = record["metrics"]["dai-mosei"]["test"]["average"]["wacc"]
-    assert np.isfinite(score)
-    assert score >= bar, (f"E2EMAL ({variant}) on synthetic mosei: {score:.3f} < {bar:.3f} (chance {chance:.3f}, "
-                          f"design bound {bound:.3f}; best epoch {record['best_epoch']})")
+    scores = {}
+    for variant in ("adaptive", "fused-only"):
+        params = _profile_parameters(variant)
+        assert params["dataset"] == "mosei"
+        exp = e2emal_experiment(**params, variant=variant, profile="itest", cache_dir=str(cache),
+                                results_root=tmp_path / variant, progress=False)
+        record = run_experiment(exp, [0], data=data)[0]
+        scores[variant] = (record["metrics"]["dai-mosei"]["test"]["average"]["wacc"], record["best_epoch"])
+        assert np.isfinite(scores[variant][0])
+    failing = {v: s for v, s in scores.items() if s[0] < bar}
+    assert not failing, (f"E2EMAL on synthetic mosei (score, best epoch): {scores}; bar {bar:.3f} (chance "
+                         f"{chance:.3f}, design bound {bound:.3f})")

@@ -393,7 +393,8 @@ def test_bench_inference_runs(tmp_path) -> None:
     assert 0 < default["shares"]["nest_audio"] < 1
     assert row["reference_settings"]["speedup_vs_reference_settings"] == pytest.approx(1.0)
     assert row["int8"]["lossy"] and 0 < row["int8"]["max_abs_prob_diff_to_default"] < 0.2
-    assert row["min_face_80"]["lossy"] and 0 <= row["min_face_80"]["face_rate"] <= default["face_rate"]
+    # fewer pyramid scales can find a face the default misses (measured 99.5 % -> 100 %), so only a valid rate
+    assert row["min_face_80"]["lossy"] and 0 <= row["min_face_80"]["face_rate"] <= 1
     assert set(result["targets"]) >= {"one_thread_met", "all_cores_met"}
 
 
