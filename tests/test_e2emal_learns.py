@@ -37,19 +37,29 @@ MODALITIES = ("audio", "visual", "text")
 # picked on 45 valid clips, lands at 0.58-0.60 (2026-12-02 evening, several schedules), at or just under the bar.
 # 2026-12-03, another machine: 0.673 / 0.580; on seeds 0 and 1, 12 epochs, batch 4, lr 0.003 and lr 0.005 gave
 # 0.50-0.64, the paper's augmentation 0.52-0.57, dropout 0.3 0.53-0.56 and dropout 0 0.59-0.66: none clears the
-# bar for both variants and seeds (75 test clips: ~0.04 between seeds; the mean stays near 0.60).
+# bar for both variants and seeds (75 test clips: ~0.04 between seeds; the mean stays near 0.60). Three times the
+# steps do: 24 epochs gave 0.611 / 0.674 (adaptive, seeds 0 / 1) and 0.688 / 0.664 (fused-only), still rising at
+# the end. It is too few steps, not a defect; the smoke cannot afford them (each variant ~135 s instead of ~55 s
+# on one core: the profile would pass 10 minutes), so test_e2emal_learns_given_enough_steps checks the model.
 PROPOSED_SMOKE_SCHEDULE: dict = {}
+ENOUGH_STEPS: dict = {"epochs": 24, "cosine_epochs": 24}
 
-# Slow (the profile's two E2EMAL runs: about 2 minutes on a 2-core machine): runs with `make test-all`, not in the default
-# suite.
+# Slow (the profile's two runs ~2 min, the longer schedule's four ~9 min of one core): `make test-all` only.
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def _profile_parameters(variant: str) -> dict:
+def _profile_parameters(variant: str, **schedule) -> dict:
     run = next(r for r in load_profile("smoke", ROOT).runs if r.key == f"adaptive-loss:{variant}")
     params = {k: v for k, v in run.parameters.items() if k not in ("seeds", "profile", "variants")}
     params.update(PROPOSED_SMOKE_SCHEDULE)
+    params.update(schedule)
     return params
+
+
+def _bar() -> tuple[float, float, float]:
+    chance = synthetic.chance_accuracy("mosei")
+    bound = synthetic.cue_accuracy("mosei", MODALITIES)
+    return chance + GAP_FRACTION * (bound - chance), chance, bound
 
 
 # Known open defect (issue 18): strict, so the day the smoke schedule makes E2EMAL learn this turns into a failure
@@ -59,9 +69,7 @@ def _profile_parameters(variant: str) -> dict:
 @pytest.mark.xfail(strict=True, reason="issue 18: E2EMAL learns in the smoke schedule but its dai-mosei score "
                                         "stays near, not above, a quarter of the gap for both variants")
 def test_e2emal_beats_constant_predictor(smoke_caches, tmp_path) -> None:
-    chance = synthetic.chance_accuracy("mosei")
-    bound = synthetic.cue_accuracy("mosei", MODALITIES)
-    bar = chance + GAP_FRACTION * (bound - chance)
+    bar, chance, bound = _bar()
     cache = smoke_caches["mosei"]
     data = load_splits(cache, FrameOptions(**E2EMAL_FRAMES))
     scores = {}
@@ -76,3 +84,20 @@ def test_e2emal_beats_constant_predictor(smoke_caches, tmp_path) -> None:
     failing = {v: s for v, s in scores.items() if s[0] < bar}
     assert not failing, (f"E2EMAL on synthetic mosei (score, best epoch): {scores}; bar {bar:.3f} (chance "
                          f"{chance:.3f}, design bound {bound:.3f})")
+
+
+@pytest.mark.parametrize("variant", ["adaptive", "fused-only"])
+def test_e2emal_learns_given_enough_steps(variant, smoke_caches, tmp_path) -> None:
+    """The profile's parameters with three times its epochs (ENOUGH_STEPS): the mean over seeds 0 and 1 of the
+    dai-mosei test score clears the bar (one seed alone moves by ~0.04 on 75 test clips), every seed beats chance."""
+    bar, chance, bound = _bar()
+    params = _profile_parameters(variant, **ENOUGH_STEPS)
+    cache = smoke_caches["mosei"]
+    data = load_splits(cache, FrameOptions(**E2EMAL_FRAMES))
+    exp = e2emal_experiment(**params, variant=variant, profile="itest", cache_dir=str(cache), results_root=tmp_path,
+                            progress=False)
+    records = run_experiment(exp, [0, 1], data=data)
+    scores = [r["metrics"]["dai-mosei"]["test"]["average"]["wacc"] for r in records]
+    assert all(np.isfinite(x) and x > chance for x in scores), scores
+    assert np.mean(scores) >= bar, (f"E2EMAL ({variant}), {ENOUGH_STEPS}: seeds 0, 1 {scores} -> mean "
+                                    f"{np.mean(scores):.3f} < {bar:.3f} (chance {chance:.3f}, bound {bound:.3f})")
