@@ -62,6 +62,20 @@ def _bar() -> tuple[float, float, float]:
     return chance + GAP_FRACTION * (bound - chance), chance, bound
 
 
+def _runs(variant: str, seeds: list[int], cache: Path, results_root: Path, **schedule) -> list[dict]:
+    """The profile's E2EMAL run of ``variant`` (``schedule`` laid over its parameters), one record per seed."""
+    params = _profile_parameters(variant, **schedule)
+    assert params["dataset"] == "mosei"
+    data = load_splits(cache, FrameOptions(**E2EMAL_FRAMES))
+    exp = e2emal_experiment(**params, variant=variant, profile="itest", cache_dir=str(cache),
+                            results_root=results_root, progress=False)
+    return run_experiment(exp, seeds, data=data)
+
+
+def _score(record: dict) -> float:
+    return record["metrics"]["dai-mosei"]["test"]["average"]["wacc"]
+
+
 # Known open defect (issue 18): strict, so the day the smoke schedule makes E2EMAL learn this turns into a failure
 # that asks for the marker to go. Both variants must clear the bar, as in tests/test_smoke_scores.py: one alone is
 # decided by float rounding (seed 0, adaptive: 0.673 on a Zen 5 machine, 0.560 on a Zen 3 one; fused-only 0.580 /
@@ -70,16 +84,10 @@ def _bar() -> tuple[float, float, float]:
                                         "stays near, not above, a quarter of the gap for both variants")
 def test_e2emal_beats_constant_predictor(smoke_caches, tmp_path) -> None:
     bar, chance, bound = _bar()
-    cache = smoke_caches["mosei"]
-    data = load_splits(cache, FrameOptions(**E2EMAL_FRAMES))
     scores = {}
     for variant in ("adaptive", "fused-only"):
-        params = _profile_parameters(variant)
-        assert params["dataset"] == "mosei"
-        exp = e2emal_experiment(**params, variant=variant, profile="itest", cache_dir=str(cache),
-                                results_root=tmp_path / variant, progress=False)
-        record = run_experiment(exp, [0], data=data)[0]
-        scores[variant] = (record["metrics"]["dai-mosei"]["test"]["average"]["wacc"], record["best_epoch"])
+        (record,) = _runs(variant, [0], smoke_caches["mosei"], tmp_path / variant)
+        scores[variant] = (_score(record), record["best_epoch"])
         assert np.isfinite(scores[variant][0])
     failing = {v: s for v, s in scores.items() if s[0] < bar}
     assert not failing, (f"E2EMAL on synthetic mosei (score, best epoch): {scores}; bar {bar:.3f} (chance "
@@ -91,13 +99,7 @@ def test_e2emal_learns_given_enough_steps(variant, smoke_caches, tmp_path) -> No
     """The profile's parameters with three times its epochs (ENOUGH_STEPS): the mean over seeds 0 and 1 of the
     dai-mosei test score clears the bar (one seed alone moves by ~0.04 on 75 test clips), every seed beats chance."""
     bar, chance, bound = _bar()
-    params = _profile_parameters(variant, **ENOUGH_STEPS)
-    cache = smoke_caches["mosei"]
-    data = load_splits(cache, FrameOptions(**E2EMAL_FRAMES))
-    exp = e2emal_experiment(**params, variant=variant, profile="itest", cache_dir=str(cache), results_root=tmp_path,
-                            progress=False)
-    records = run_experiment(exp, [0, 1], data=data)
-    scores = [r["metrics"]["dai-mosei"]["test"]["average"]["wacc"] for r in records]
+    scores = [_score(r) for r in _runs(variant, [0, 1], smoke_caches["mosei"], tmp_path, **ENOUGH_STEPS)]
     assert all(np.isfinite(x) and x > chance for x in scores), scores
     assert np.mean(scores) >= bar, (f"E2EMAL ({variant}), {ENOUGH_STEPS}: seeds 0, 1 {scores} -> mean "
                                     f"{np.mean(scores):.3f} < {bar:.3f} (chance {chance:.3f}, bound {bound:.3f})")
