@@ -11,6 +11,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from emolib.pipeline.runner import run_profile
 
     if args.bench:
+        ignored = [flag for flag, value in (("--force", args.force), ("--only", args.only),
+                                            ("--from", args.start_from), ("--dry-run", args.dry_run),
+                                            ("--rehearse", args.rehearse)) if value]
+        if ignored:
+            raise ValueError(f"--bench times the whole profile from a clean folder; {', '.join(ignored)} cannot "
+                             "apply to it (--set and --jobs can)")
         return _bench_profile(args)
     if args.keep:
         raise ValueError("--keep keeps the last repeat of --bench; without --bench there is nothing to keep")
@@ -24,13 +30,19 @@ def _bench_profile(args: argparse.Namespace) -> int:
 
     from emolib.bench.common import BENCH_DIR
     from emolib.io import write_json
-    from emolib.pipeline.benchmark import bench_profile
+    from emolib.pipeline.benchmark import bench_path, bench_profile
+    from emolib.pipeline.profile import ProfileError
 
     with tempfile.TemporaryDirectory(prefix="emolib-bench-profile-") as tmp:
-        result = bench_profile(Path(tmp), args.profile, repeats=args.bench,
-                               root=Path(args.root) if args.root else None, kernel=args.kernel, out=sys.stdout,
-                               jobs=args.jobs, keep=Path(args.keep) if args.keep else None)
-    path = BENCH_DIR / f"{result['profile']}.json"
+        try:
+            result = bench_profile(Path(tmp), args.profile, repeats=args.bench,
+                                   root=Path(args.root) if args.root else None, kernel=args.kernel,
+                                   out=sys.stdout, jobs=args.jobs, keep=Path(args.keep) if args.keep else None,
+                                   overrides=args.set or ())
+        except ProfileError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    path = bench_path(BENCH_DIR, result["profile"], result["overrides"])
     write_json(path, result)
     print(f"{result['profile']}: median {result['median_s']:.1f}s over {args.bench} run(s), spread "
           f"{result['spread_s'][0]:.1f}-{result['spread_s'][1]:.1f}s (target {result['target_s']:.0f}s: "
@@ -260,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a parameter in every run that declares it (STEP.KEY=VALUE: one step); YAML values")
     p.add_argument("--bench", type=int, metavar="N",
                    help="time the profile N times from clean copies (not the results here) and write "
-                        "results/bench/<profile>.json with where each run's time went")
+                        "results/bench/<profile>.json with where each run's time went (with --set: "
+                        "<profile>-set.json, the overrides listed)")
     p.add_argument("--keep", metavar="DIR", help="with --bench: keep the last repeat's folder (notebooks, results) "
                                                 "in DIR instead of deleting it")
     p.add_argument("--rehearse", action="store_true",

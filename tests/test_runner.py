@@ -363,6 +363,38 @@ def test_profile_benchmark_times_a_profile_from_scratch(repo: Path, tmp_path: Pa
         bench_profile(tmp_path / "w3", "one", repeats=1, root=repo, keep=kept)
     with pytest.raises(ValueError, match="repeats"):
         bench_profile(tmp_path / "w2", "one", repeats=0, root=repo)
+    assert result["overrides"] == []
+
+
+def test_profile_benchmark_applies_overrides_and_records_them(repo: Path, tmp_path: Path) -> None:
+    """--bench --set: every repeat runs the changed profile, the record lists the overrides and goes beside the
+    profile's own record; an override that no run takes fails before the first repeat."""
+    import json
+
+    from emolib.pipeline.benchmark import bench_path, bench_profile
+    from emolib.pipeline.profile import ProfileError
+
+    (repo / "params" / "one.yaml").write_text(
+        "name: one\nsteps:\n  - {name: s, notebook: notebooks/echo.ipynb, parameters: {label: a, "
+        "out_file: out/t.json}}\n")
+    kept = tmp_path / "kept"
+    result = bench_profile(tmp_path / "work", "one", repeats=1, root=repo, keep=kept, overrides=["s.n=5"])
+    assert result["overrides"] == ["s.n=5"]
+    assert json.loads((kept / "out" / "t.json").read_text())["runs"] == [{"label": "a", "n": 5, "profile": "one"}]
+    assert bench_path(tmp_path, "one", result["overrides"]) == tmp_path / "one-set.json"
+    assert bench_path(tmp_path, "one") == tmp_path / "one.json"
+    with pytest.raises(ProfileError, match="nope"):
+        bench_profile(tmp_path / "w4", "one", repeats=1, root=repo, overrides=["nope=1"])
+    assert not (tmp_path / "w4").exists()
+
+
+@pytest.mark.parametrize("flag", [["--only", "s"], ["--force"], ["--rehearse"], ["--dry-run"]])
+def test_cli_bench_refuses_options_it_cannot_honour(repo: Path, flag: list[str], capsys) -> None:
+    from emolib.cli import main
+
+    assert main(["run", str(repo / "params" / "demo.yaml"), "--bench", "1", *flag]) != 0
+    err = capsys.readouterr().err
+    assert flag[0] in err and "--bench" in err
 
 
 CONCURRENT = """

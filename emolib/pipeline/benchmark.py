@@ -7,6 +7,8 @@ has them (the installed ``.venv`` is reused: setup is not part of the measuremen
 through the pipeline runner. The runner's breakdown of every run (``emolib.pipeline.runner.stage_seconds``:
 kernel, synth, prepare, train, evaluate, tables, other) is kept per repeat and summed per stage. The record holds
 the median and the spread (min, max) of the repeats' wall times and whether the median meets ``TARGET_S``.
+``overrides`` (``--set``) apply to every repeat and are listed in the record, which the CLI then writes beside the
+profile's own (``bench_path``), so that a trial never replaces the measurement of the profile as committed.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import io
 import shutil
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -36,7 +39,8 @@ def fresh_root(profile_path: Path, source: Path, dest: Path, name: str) -> None:
 
 def bench_profile(workdir: Path, profile: str = "smoke", *, repeats: int = 3, root: Path | None = None,
                   kernel: str | None = None, out: TextIO | None = None,
-                  jobs: int | str | None = None, keep: Path | None = None) -> dict[str, Any]:
+                  jobs: int | str | None = None, keep: Path | None = None,
+                  overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Run the profile (a name or a file, as ``emolib run`` takes it) ``repeats`` times from scratch under
     ``workdir``; see the module docstring. The runner's output also goes to ``out`` (the console from the CLI). A
     failed run raises with the end of the runner's output. ``keep``: a folder (absent or empty) the last repeat's
@@ -45,11 +49,14 @@ def bench_profile(workdir: Path, profile: str = "smoke", *, repeats: int = 3, ro
     if keep is not None and Path(keep).exists() and any(Path(keep).iterdir()):
         raise ValueError(f"{keep}: the folder to keep the last repeat in must be absent or empty")
     from emolib.io import read_json
+    from emolib.pipeline.overrides import Adjuster
     from emolib.pipeline.profile import load_profile
 
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
-    prof = load_profile(profile, root)
+    adjuster = Adjuster(list(overrides))
+    prof = load_profile(profile, root, adjust=adjuster)
+    adjuster.check()  # an override no run takes fails here, before the first repeat
     name = prof.name
     done = []
     for i in range(repeats):
@@ -60,7 +67,7 @@ def bench_profile(workdir: Path, profile: str = "smoke", *, repeats: int = 3, ro
             out.write(f"--- {name}: repeat {i + 1} of {repeats} in {work}\n")
         t0 = time.monotonic()
         code = run_profile(name, root=work, out=Tee(captured, out) if out is not None else captured, kernel=kernel,
-                           jobs=jobs)
+                           jobs=jobs, overrides=overrides)
         wall = time.monotonic() - t0
         if code != 0:
             raise RuntimeError(f"profile {name} failed in repeat {i} (exit {code}):\n{captured.getvalue()[-3000:]}")
@@ -80,7 +87,7 @@ def bench_profile(workdir: Path, profile: str = "smoke", *, repeats: int = 3, ro
     walls = [r["wall_s"] for r in done]
     median = statistics.median(walls)
     return {
-        "benchmark": name, "profile": name, "repeats": done, "wall_s": walls,
+        "benchmark": name, "profile": name, "overrides": list(overrides), "repeats": done, "wall_s": walls,
         "median_s": round(median, 2), "spread_s": [min(walls), max(walls)],
         "target_s": TARGET_S, "target_met": median <= TARGET_S, "hardware": hardware(),
         "jobs": resolve_jobs(prof.jobs if jobs is None else jobs),
@@ -88,3 +95,9 @@ def bench_profile(workdir: Path, profile: str = "smoke", *, repeats: int = 3, ro
                   "environment reused (setup not timed); runs: the runner's per-run breakdown (kernel = kernel "
                   "start and shutdown, papermill and writing the notebook; other = untagged cells)"],
     }
+
+
+def bench_path(bench_dir: Path, profile: str, overrides: Sequence[str] = ()) -> Path:
+    """Where a profile benchmark's record goes: ``<profile>.json``, or ``<profile>-set.json`` when ``overrides``
+    changed the profile."""
+    return Path(bench_dir) / (f"{profile}-set.json" if overrides else f"{profile}.json")
