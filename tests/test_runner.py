@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -435,15 +436,15 @@ def test_runs_at_a_time_start_when_their_inputs_are_written(tmp_path: Path) -> N
     (tmp_path / "params").mkdir()
     (tmp_path / "params" / "par.yaml").write_text(CONCURRENT)
     out = io.StringIO()
+    cwd = os.getcwd()
     assert run_profile("par", root=tmp_path, out=out) == 0, out.getvalue()
+    assert os.getcwd() == cwd  # concurrent papermill runs leave the working directory as it was
     t = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "times").glob("*.json")}
     assert t["b"]["start"] < t["a"]["end"] and t["a"]["start"] < t["b"]["end"]  # make:a and make:b overlapped
     assert t["use-b"]["start"] >= t["b"]["end"] and t["use-b"]["start"] < t["a"]["end"]  # started before a ended
     assert t["all"]["start"] >= max(t["a"]["end"], t["use-b"]["end"])  # the results-folder reader waits for all
     assert len({v["pid"] for v in t.values()}) == 4  # a kernel per run
     # two runs at a time on the cores this process may use: each kernel gets its share as its thread count
-    import os
-
     cores = len(os.sched_getaffinity(0))
     share = os.environ.get("OMP_NUM_THREADS", str(max(1, cores // 2)))
     assert {k: v["omp"] for k, v in t.items() if k != "all"} == {"a": share, "b": share, "use-b": share}
