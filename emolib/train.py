@@ -51,6 +51,7 @@ import resource
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -829,9 +830,14 @@ def fit(model: nn.Module, loss: nn.Module, train: Dataset, valid: Dataset, test:
     """
     if "model" not in run_info or "profile" not in run_info:
         raise ValueError(f"run_info lacks 'model' or 'profile' (got {sorted(run_info)})")
-    with _Determinism(config.deterministic):
+    # A model's ``input_memo`` hook keeps per-utterance inputs while it trains (emolib.models.input_memo); entered
+    # after _Run is built, so that an SWA copy of the model does not share it.
+    memo = getattr(model, "input_memo", None)
+    with _Determinism(config.deterministic), ExitStack() as stack:
         run = _Run(model, loss, (train, valid, test), config=config, class_names=list(class_names),
                    dataset_name=dataset_name, run_dir=Path(run_dir), collate_fn=collate_fn)
+        if callable(memo):
+            stack.enter_context(memo())
         run.start(resume)
         run.train(on_epoch_end)
         record = run.finish(run_info)

@@ -47,6 +47,7 @@ from emolib.models.e2emal_inputs import (
     text_sequences,
     tf_mel_weights,
 )
+from emolib.models.input_memo import InputMemo
 from emolib.recipes.e2emal import (
     E2EMAL_FRAMES,
     E2EMAL_PREPARE,
@@ -646,3 +647,74 @@ def test_run_experiment_trains_and_records(tiny_mosei_cache, glove_file, tmp_pat
     assert (sorted(curves) == ["audio", "fused", "text", "visual"]) is adaptive_loss
     assert "loss_visual" in record["curves"]["train_parts"]
     assert (tmp_path / "test" / "runs" / exp.run_name).is_dir()
+
+
+# ------------------------------------------------------------------------------------------- input memo
+
+
+def test_input_memo_stacks_stored_rows_within_its_budget() -> None:
+    calls = []
+
+    def compute(uids):
+        calls.append(list(uids))
+        return (torch.tensor([[float(u[-1])] * 2 for u in uids]), torch.arange(len(uids)).float())
+
+    memo = InputMemo(max_bytes=3 * (8 + 4))  # three utterances' rows
+    first = memo.get(["u1", "u2"], lambda: compute(["u1", "u2"]))
+    again = memo.get(["u2", "u1"], lambda: compute(["u2", "u1"]))
+    assert calls == [["u1", "u2"]] and memo.hits == 1 and memo.misses == 1
+    assert torch.equal(again[0], first[0].flip(0)) and torch.equal(again[1], first[1].flip(0))
+    assert again[0].data_ptr() != first[0].data_ptr()  # stored copies, not views of the first batch
+    memo.get(["u3", "u4"], lambda: compute(["u3", "u4"]))  # u4 does not fit any more
+    assert sorted(memo.rows) == ["u1", "u2", "u3"] and memo.bytes == 36
+    memo.get(["u3", "u4"], lambda: compute(["u3", "u4"]))
+    assert calls[-1] == ["u3", "u4"]  # a partial hit recomputes the whole batch
+    memo.get(["u5", "u5"], lambda: compute(["u5", "u5"]))
+    assert "u5" not in memo.rows  # a repeated id is not an utterance key
+    with pytest.raises(ValueError, match="max_bytes"):
+        InputMemo(-1)
+
+
+def test_e2emal_memo_serves_the_deterministic_inputs_and_augments_after_it(tiny_model, monkeypatch) -> None:
+    batch = contract_batch(**E2EMAL_BATCH)
+    batch["uid"] = ["a", "b", "c"]
+    model = build_model("e2emal", "tiny", num_outputs=6, augment=True, word_vectors=tiny_model.word_vectors).eval()
+    plain = model.inputs(batch)
+    spectrograms = []
+    monkeypatch.setattr(model, "_spectrogram", lambda b: spectrograms.append(1) or E2EMAL._spectrogram(model, b))
+    with model.input_memo() as memo:
+        for _ in range(3):
+            for got, want in zip(model.inputs(batch), plain):
+                assert torch.equal(got, want)
+        assert len(spectrograms) == 1 and memo.hits == 2
+        model.train()
+        torch.manual_seed(5)
+        clips, spec, _ = model.inputs(batch)  # augmentation still draws fresh per batch, after the memo
+    assert model._memo is None and len(spectrograms) == 1
+    model.inputs(batch)
+    assert len(spectrograms) == 2  # outside the context: computed every time (robustness evaluation)
+    torch.manual_seed(5)
+    clips2, spec2, _ = model.inputs(batch)
+    assert torch.equal(clips, clips2) and torch.equal(spec, spec2) and not torch.equal(spec, plain[1])
+    with build_model("e2emal", "tiny", num_outputs=6, input_memo_mb=0,
+                     word_vectors=tiny_model.word_vectors).input_memo() as off:
+        assert off is None
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_training_with_the_input_memo_gives_the_same_record(tiny_mosei_cache, glove_file, tmp_path, augment) -> None:
+    def train(memo_mb: int) -> dict:
+        exp = Experiment(
+            profile="test", model="e2emal", cache_dir=tiny_mosei_cache, config="tiny",
+            model_overrides={"glove_path": str(glove_file), "text_vectors": "glove", "tcn_filters": [8],
+                             "augment": augment, "input_memo_mb": memo_mb},
+            loss="adaptive", loss_params=e2emal_loss_params("mosei", adaptive=True),
+            train=e2emal_train_config(epochs=3, batch_size=4, progress=False, device="cpu"),
+            frames=E2EMAL_FRAMES, variant="adaptive", results_root=tmp_path / str(memo_mb))
+        (record,) = run_experiment(exp, seeds=[0])
+        return record
+
+    with_memo, without = train(64), train(0)
+    assert with_memo["params"]["model"]["input_memo_mb"] == 64
+    for key in ("metrics", "thresholds", "best_epoch", "epochs_run", "curves"):
+        assert with_memo[key] == without[key], key
