@@ -311,6 +311,39 @@ def test_clean_condition_reproduces_the_record_test_score(tiny_caches, tmp_path)
     assert R.clean_check(record, broken)
 
 
+def _reuse_check(run, conds, monkeypatch) -> int:
+    """Rows of ``run`` with the encoder memo equal those recomputed without it; the encoder calls it answered."""
+    import pandas as pd
+
+    memos = []
+
+    class Kept(R.EncoderMemo):
+        def __exit__(self, *exc):
+            memos.append((self.hits, self.misses))
+            return super().__exit__(*exc)
+
+    monkeypatch.setattr(R, "EncoderMemo", Kept)
+    with_memo = pd.DataFrame(R.evaluate_run(run, conds))
+    without = pd.DataFrame(R.evaluate_run(run, conds, reuse_encoders=False))
+    pd.testing.assert_frame_equal(with_memo, without)
+    assert with_memo["matches_record"].dropna().all()
+    (counts,) = memos
+    return counts[0]
+
+
+@pytest.mark.filterwarnings("ignore:.*follows Dai et al.'s preprocessing")
+def test_reused_encoder_outputs_give_the_recomputed_rows(tiny_caches, tmp_path, monkeypatch) -> None:
+    """FE2E reads all three inputs: under a visual corruption its text and audio encoders answer from the clean
+    pass (issue 18: about half the robustness step's work), and every row is what a full recomputation gives."""
+    record = _train("fe2e", tiny_caches["iemocap"], tmp_path)
+    (run,) = R.find_runs(tmp_path / "ev")[0]
+    conds = R.conditions(["face-blur", "word-dropout"], [3])
+    hits = _reuse_check(run, conds, monkeypatch)
+    batches = -(-len(R.split_records(R.Cache(R.resolve_cache(record)), "test", record)) // TRAIN["batch_size"])
+    # per batch: -audio / -visual / -text reuse 2 encoders each, the pairs 1 each, face-blur and word-dropout 2 each
+    assert hits == batches * (3 * 2 + 3 * 1 + 2 + 2)
+
+
 def test_report_tables_and_findings_from_evaluated_rows(tiny_caches, tmp_path) -> None:
     import pandas as pd
 
@@ -344,8 +377,10 @@ def test_report_tables_and_findings_from_evaluated_rows(tiny_caches, tmp_path) -
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:.*follows Dai et al.'s preprocessing")
-def test_clean_condition_reproduces_every_model(tiny_caches, tmp_path) -> None:
+def test_clean_condition_reproduces_every_model(tiny_caches, tmp_path, monkeypatch) -> None:
     """Every registered model, tiny, one training step, all conditions (about a minute on 2 cores)."""
+    from emolib.predict import load_checkpoint
+
     models = E.registered_models()
     for model in models:
         _train(model, tiny_caches["iemocap"], tmp_path)
@@ -355,3 +390,8 @@ def test_clean_condition_reproduces_every_model(tiny_caches, tmp_path) -> None:
     clean = frame[frame["condition"] == "clean"]
     assert clean["matches_record"].all(), clean["mismatch"].dropna().tolist()
     assert len(frame) == len(runs) * len(R.conditions()) * frame["protocol"].nunique()
+    # reused encoder outputs: the same rows as recomputing, for every model
+    for run in runs:
+        hits = _reuse_check(run, R.conditions(["audio-noise", "face-blur", "word-dropout"], [3]), monkeypatch)
+        model = load_checkpoint(run.checkpoint, record=run.record, device="cpu", fuse=False).model
+        assert (hits > 0) == (len(R.model_modalities(model)) > 1), (run.name, hits)

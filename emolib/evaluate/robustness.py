@@ -17,11 +17,14 @@ through the batch contract: ``face_lengths`` 0 with no face tensor, ``audio_leng
 zeros), and an empty transcript.
 
 A condition that only touches inputs a model never reads (e.g. audio noise for ``text-only``) cannot change its
-outputs; it is not recomputed, the clean outputs are reused and the row says so (``reused_clean``).
+outputs; it is not recomputed, the clean outputs are reused and the row says so (``reused_clean``). Within a model
+that reads several inputs, the encoders of the inputs a condition leaves alone answer from their clean outputs
+(``emolib.evaluate.encoder_memo``): the same numbers, about half the work of a multimodal run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -41,6 +44,7 @@ from emolib.evaluate.corruptions import (
     missing_conditions,
     remove_modalities,
 )
+from emolib.evaluate.encoder_memo import EncoderMemo
 from emolib.experiment import score, split_uids
 from emolib.io import read_json
 from emolib.metrics import get_protocol
@@ -245,14 +249,15 @@ def clean_check(record: Mapping[str, Any], clean: Mapping[str, Mapping[str, Any]
 
 def evaluate_run(run: Run, conds: Sequence[Condition] | None = None, *, device: str | None = "cpu",
                  batch_size: int | None = None, seed: int = 0, cache_search: Sequence[str | Path] = (),
-                 records: Sequence[Record] | None = None, reuse_unread: bool = True,
+                 records: Sequence[Record] | None = None, reuse_unread: bool = True, reuse_encoders: bool = True,
                  progress: bool = False) -> list[dict[str, Any]]:
     """One row per (condition, protocol) for ``run``: the protocol's test averages (raw, not x100), the condition,
     whether the clean outputs were reused, and, for ``clean``, ``matches_record``.
 
     ``batch_size`` defaults to the run's evaluation batch size (padding does not change a model's outputs, but the
     same batches keep float rounding identical). ``records``: the test records of the run's cache, when the caller
-    loaded them already (shared by the runs on one cache).
+    loaded them already (shared by the runs on one cache). ``reuse_encoders``: answer encoder calls whose inputs
+    the clean pass saw from its outputs (``EncoderMemo``; False recomputes everything, for checking).
     """
     from emolib.predict import load_checkpoint
 
@@ -276,24 +281,35 @@ def evaluate_run(run: Run, conds: Sequence[Condition] | None = None, *, device: 
         from tqdm import tqdm
 
         iterator = tqdm(conds, desc=run.name, leave=False)
-    for cond in iterator:
-        reused = cond != CLEAN and reuse_unread and not (cond.touches & reads)
-        if reused:
-            outputs, labels = clean_out
-        else:
-            outputs, labels = predict_records(model, [cond.apply(r, seed) for r in records], loaded.frames,
-                                              batch_size=bs, fill_missing=fills_missing(rec))
-        if cond == CLEAN:
-            clean_out = (outputs, labels)
-        scores = score(rec, outputs, labels)
-        mismatch = clean_check(rec, scores) if cond == CLEAN else None
-        for proto, average in scores.items():
-            rows.append({**base, "kind": cond.kind, "condition": cond.name, "severity": cond.severity,
-                         "level": cond.label, "protocol": proto, "reused_clean": reused,
-                         "matches_record": None if mismatch is None else not mismatch,
-                         "mismatch": None if not mismatch else "; ".join(mismatch),
-                         **{k: v for k, v in average.items() if isinstance(v, (int, float)) or v is None}})
+    # The encoders of the modalities a condition leaves alone see the clean pass's inputs again: their clean
+    # outputs are reused (the same tensors, so the rows are the ones a full recomputation gives).
+    memo = EncoderMemo(model) if reuse_encoders else contextlib.nullcontext()
+    with memo:
+        for cond in iterator:
+            reused = cond != CLEAN and reuse_unread and not (cond.touches & reads)
+            if reused:
+                outputs, labels = clean_out
+            else:
+                if reuse_encoders:
+                    memo.recording = cond == CLEAN
+                outputs, labels = predict_records(model, [cond.apply(r, seed) for r in records], loaded.frames,
+                                                  batch_size=bs, fill_missing=fills_missing(rec))
+            rows += _condition_rows(rec, base, cond, outputs, labels, reused)
+            if cond == CLEAN:
+                clean_out = (outputs, labels)
     return rows
+
+
+def _condition_rows(rec: Mapping[str, Any], base: dict[str, Any], cond: Condition, outputs: np.ndarray,
+                    labels: np.ndarray, reused: bool) -> list[dict[str, Any]]:
+    """One row per protocol for one condition's outputs (the clean one checked against the run record)."""
+    scores = score(rec, outputs, labels)
+    mismatch = clean_check(rec, scores) if cond == CLEAN else None
+    return [{**base, "kind": cond.kind, "condition": cond.name, "severity": cond.severity, "level": cond.label,
+             "protocol": proto, "reused_clean": reused, "matches_record": None if mismatch is None else not mismatch,
+             "mismatch": None if not mismatch else "; ".join(mismatch),
+             **{k: v for k, v in average.items() if isinstance(v, (int, float)) or v is None}}
+            for proto, average in scores.items()]
 
 
 def evaluate_runs(runs: Sequence[Run], conds: Sequence[Condition] | None = None, *, device: str | None = "cpu",

@@ -499,6 +499,12 @@ class EmotionModel(nn.Module):
     def lr_factors(self, text_lr_factor: float | None = None) -> dict[str, float]:
         return {}
 
+    def modality_encoders(self) -> dict[str, str]:
+        """{modality: submodule name} of the encoders that read one modality's input and nothing else; in eval mode
+        each is a function of its arguments, so evaluation may reuse an output for the same arguments
+        (``emolib.evaluate.encoder_memo``). Empty: none declared."""
+        return {}
+
     @property
     def device(self) -> torch.device:
         for p in self.parameters():

@@ -449,6 +449,9 @@ class E2EMAL(EmotionModel):
         finally:
             self._memo = None
 
+    def modality_encoders(self) -> dict[str, str]:
+        return {"visual": "visual_lfe", "audio": "audio_lfe"}
+
     # -- forward ---------------------------------------------------------------------------------------
 
     def run(self, batch: Mapping[str, Any]) -> E2EMALState:

@@ -719,6 +719,10 @@ class EmoMBT(EmotionModel):
 
     # -- encoders ----------------------------------------------------------------------------------------
 
+    def modality_encoders(self) -> dict[str, str]:
+        names = {"text": "text_encoder", "visual": "visual", "audio": "audio"}
+        return {m: names[m] for m in self.modality_names}
+
     def encode_text(self, texts: Sequence[str]) -> tuple[Tensor, Tensor]:
         """(B, L, d) projected token states and the (B, L) padding mask (True = padding)."""
         enc = self.text_encoder(texts, return_tokens=True)

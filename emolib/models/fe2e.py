@@ -137,6 +137,10 @@ class LateFusionModel(EmotionModel):
         slow = self.text_lr(text_lr_factor)
         return {"text_encoder": slow, "t_out": slow}
 
+    def modality_encoders(self) -> dict[str, str]:
+        names = {"t": ("text", "text_encoder"), "v": ("visual", "visual"), "a": ("audio", "audio")}
+        return dict(names[m] for m in self.modalities)
+
     def modality_logits(self, batch: dict) -> dict[str, Tensor]:
         """{"text"|"visual"|"audio": (B, C)} for the modalities in use, in Dai's order."""
         heads: dict[str, Tensor] = {}
