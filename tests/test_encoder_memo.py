@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from emolib.evaluate.encoder_memo import EncoderMemo, call_digest, output_bytes
+from emolib.evaluate.encoder_memo import EncoderMemo, call_digest
+from emolib.models.input_memo import tensor_bytes
 
 
 class Counting(nn.Module):
@@ -85,13 +86,13 @@ def test_memo_keeps_tuples_caps_its_bytes_and_skips_what_it_cannot_key() -> None
     with EncoderMemo(model, max_bytes=8) as memo:
         pair = model.text_encoder(["abc"], return_tokens=True)
         assert model.text_encoder(["abc"], return_tokens=True) is pair
-        assert memo.bytes == output_bytes(pair) == 8
+        assert memo.bytes == tensor_bytes(pair) == 8
         model.text_encoder(["abcd"], return_tokens=True)  # over the cap: computed, not kept
         model.text_encoder(["abcd"], return_tokens=True)
         model.visual(torch.zeros(1, 3), lengths=object())  # an argument without a digest
         model.visual(torch.zeros(1, 3), lengths=object())
     assert model.text_encoder.calls == 3 and model.visual.calls == 2 and memo.hits == 1
-    assert output_bytes({"a": torch.zeros(1)}) is None
+    assert tensor_bytes({"a": torch.zeros(1)}) is None
 
 
 def test_models_without_declared_encoders_run_unchanged() -> None:

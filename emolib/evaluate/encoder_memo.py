@@ -6,7 +6,7 @@ the clean condition. An encoder (``EmotionModel.modality_encoders``) is a functi
 mode, so its clean output can stand in for the call: ``EncoderMemo`` keeps the outputs it records (the clean
 pass) under a digest of the call's arguments (tensor bytes, shapes and dtypes, strings, numbers) and answers any
 later call with the same digest from them. Outputs are the very tensors the first call returned; the models read
-encoder outputs without modifying them (tests/test_robustness.py checks every registered model's rows with and
+encoder outputs without modifying them (tests/test_evaluate.py checks every registered model's rows with and
 without the memo)."""
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from emolib.models.input_memo import tensor_bytes
 
 
 class _Unkeyable(Exception):
@@ -55,18 +57,6 @@ def call_digest(args: tuple, kwargs: Mapping[str, Any]) -> bytes:
     return h.digest()
 
 
-def output_bytes(obj: Any) -> int | None:
-    """Bytes held by the tensors of an output (a tensor or a tuple of them), None for anything else."""
-    if isinstance(obj, torch.Tensor):
-        return obj.numel() * obj.element_size()
-    if isinstance(obj, tuple):
-        sizes = [output_bytes(x) for x in obj]
-        return None if any(s is None for s in sizes) else sum(sizes)
-    if obj is None:
-        return 0
-    return None
-
-
 class EncoderMemo:
     """Within ``with EncoderMemo(model):`` the model's modality encoders answer calls whose arguments match a
     recorded call from what that call returned. ``recording`` (set by the caller) says whether new outputs are
@@ -95,7 +85,7 @@ class EncoderMemo:
                 return self._store[key]
             self.misses += 1
             out = forward(*args, **kwargs)
-            size = output_bytes(out)
+            size = tensor_bytes(out)
             if self.recording and size is not None and self.bytes + size <= self.max_bytes:
                 self._store[key] = out
                 self.bytes += size

@@ -18,6 +18,16 @@ import torch
 from torch import Tensor
 
 
+def tensor_bytes(obj: object) -> int | None:
+    """Bytes held by a tensor or a (named) tuple of tensors (None counts 0); None for anything else."""
+    if isinstance(obj, Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, tuple):
+        sizes = [tensor_bytes(x) for x in obj]
+        return None if any(s is None for s in sizes) else sum(sizes)
+    return 0 if obj is None else None
+
+
 class InputMemo:
     """uid -> a tuple of per-utterance tensors (one row of each batched input), up to ``max_bytes`` in all."""
 
@@ -44,7 +54,7 @@ class InputMemo:
             if uid in self.rows:
                 continue
             row = tuple(t[i].detach().clone() for t in out)  # a view would keep the whole batch alive
-            size = sum(t.numel() * t.element_size() for t in row)
+            size = tensor_bytes(row)
             if self.bytes + size > self.max_bytes:
                 break
             self.rows[uid], self.bytes = row, self.bytes + size
