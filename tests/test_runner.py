@@ -431,15 +431,21 @@ def test_dependencies_follow_declared_inputs_and_outputs(tmp_path: Path) -> None
     assert deps == {"make:a": set(), "make:b": set(), "use:b": {"make:b"}, "all": {"make:a", "make:b", "use:b"}}
 
 
-def test_runs_at_a_time_start_when_their_inputs_are_written(tmp_path: Path) -> None:
+def test_runs_at_a_time_start_when_their_inputs_are_written(tmp_path: Path, monkeypatch) -> None:
     shutil.copytree(FIXTURES, tmp_path / "notebooks")
     (tmp_path / "params").mkdir()
     (tmp_path / "params" / "par.yaml").write_text(CONCURRENT)
     out = io.StringIO()
-    cwd = os.getcwd()
+    # The working directory is process-wide. Papermill's `cwd` moved the process into the root while its file
+    # handler moved it back to the caller's folder around every notebook save; with two runs at a time a kernel
+    # could start in the caller's folder (CI once lost times/a.json that way). Kernels now get their folder, and
+    # the process only ever "moves" to where it already is (the file handler's own chdir).
+    cwd, chdirs, chdir = os.getcwd(), [], os.chdir
+    monkeypatch.setattr(os, "chdir", lambda p: (chdirs.append(str(p)), chdir(p)))
     assert run_profile("par", root=tmp_path, out=out) == 0, out.getvalue()
-    assert os.getcwd() == cwd  # concurrent papermill runs leave the working directory as it was
+    assert set(chdirs) <= {cwd} and os.getcwd() == cwd
     t = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "times").glob("*.json")}
+    assert {v["cwd"] for v in t.values()} == {str(tmp_path.resolve())}  # every kernel ran in the profile's root
     assert t["b"]["start"] < t["a"]["end"] and t["a"]["start"] < t["b"]["end"]  # make:a and make:b overlapped
     assert t["use-b"]["start"] >= t["b"]["end"] and t["use-b"]["start"] < t["a"]["end"]  # started before a ended
     assert t["all"]["start"] >= max(t["a"]["end"], t["use-b"]["end"])  # the results-folder reader waits for all

@@ -212,9 +212,10 @@ def kernel_env(jobs: int) -> dict[str, str]:
     return {name: os.environ.get(name, threads) for name in THREAD_VARIABLES}
 
 
-def env_kernel_manager(env: dict[str, str]):
-    """A kernel manager class (papermill's ``kernel_manager_class``) whose kernels start with ``env`` added to
-    this process's environment: per-run variables without touching ``os.environ``, which concurrent runs share."""
+def env_kernel_manager(env: dict[str, str], cwd: Path):
+    """A kernel manager class (papermill's ``kernel_manager_class``) whose kernels start in ``cwd`` with ``env``
+    added to this process's environment: per-run settings without touching process-wide state (``os.environ``,
+    the working directory), which concurrent runs share."""
     from jupyter_client.manager import AsyncKernelManager
 
     extra = dict(env)
@@ -222,6 +223,7 @@ def env_kernel_manager(env: dict[str, str]):
     class EnvKernelManager(AsyncKernelManager):
         async def start_kernel(self, **kw):  # type: ignore[override]
             kw["env"] = {**os.environ, **(kw.get("env") or {}), **extra}
+            kw["cwd"] = str(cwd)
             return await super().start_kernel(**kw)
 
     return EnvKernelManager
@@ -406,57 +408,51 @@ class Runner:
         pending = list(enumerate(rows, 1))
         running: dict = {}
         failed = False
-        # papermill enters and leaves `cwd` with os.chdir; two runs at a time interleave those, and the process
-        # could be left in a run's folder (a relative path written afterwards then lands there).
-        cwd = os.getcwd()
-        try:
-            with ThreadPoolExecutor(max_workers=jobs) as pool:
-                while pending or running:
-                    if not failed:
-                        for item in list(pending):
-                            (i, (run, params, _, _)) = item
-                            if len(running) >= jobs:
-                                break
-                            if waits[run.key] - {k for k, o in outcomes.items() if o.status in ("ran", "skipped")}:
-                                continue
-                            pending.remove(item)
-                            head = f"[{i}/{len(rows)}] {run.key}"
-                            fp, skip = self._status(run, params, state)
-                            if skip:
-                                self._print(f"{head}: skipped (notebook, parameters and inputs unchanged)")
-                                outcomes[run.key] = Outcome(run, "skipped", 0.0,
-                                                            self.base / "notebooks" / run.output_name, self._log(run))
-                                continue
-                            self._print(f"{head}: running {_rel(run.notebook, self.profile.root)} "
-                                        f"(elapsed {time.monotonic() - start_all:.1f}s)")
-                            # A run that nothing else can accompany (the rest waits for it: robustness, tables)
-                            # gets every core instead of its share.
-                            alone = not running and all(run.key in after[r.key] for _, (r, *_) in pending)
-                            run_env = kernel_env(1) if alone else env
-                            future = pool.submit(self._execute_one, run, params, kernel, run_env, prefix=jobs > 1)
-                            running[future] = (head, run, fp)
-                    if not running:
-                        break  # a failure, or nothing left that can start
-                    done, _ = wait(running, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        head, run, fp = running.pop(future)
-                        outcome = future.result()
-                        outcomes[run.key] = outcome
-                        if outcome.status == "failed":
-                            failed = True
-                            self._print(f"{head}: FAILED after {outcome.seconds:.1f}s\n  {outcome.error}\n"
-                                        f"  partial notebook: {_rel(outcome.notebook_out, self.profile.root)}\n"
-                                        f"  log: {_rel(outcome.log, self.profile.root)}")
-                            state.pop(run.key, None)
-                        else:
-                            self._print(f"{head}: done in {outcome.seconds:.1f}s")
-                            state[run.key] = {"fingerprint": fp, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                              "seconds": round(outcome.seconds, 2), "breakdown": outcome.breakdown,
-                                              # the run records this run wrote, for cost estimates (rehearsal)
-                                              "records": outcome.records}
-                        self._save_state(state)
-        finally:
-            os.chdir(cwd)
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            while pending or running:
+                if not failed:
+                    for item in list(pending):
+                        (i, (run, params, _, _)) = item
+                        if len(running) >= jobs:
+                            break
+                        if waits[run.key] - {k for k, o in outcomes.items() if o.status in ("ran", "skipped")}:
+                            continue
+                        pending.remove(item)
+                        head = f"[{i}/{len(rows)}] {run.key}"
+                        fp, skip = self._status(run, params, state)
+                        if skip:
+                            self._print(f"{head}: skipped (notebook, parameters and inputs unchanged)")
+                            outcomes[run.key] = Outcome(run, "skipped", 0.0,
+                                                        self.base / "notebooks" / run.output_name, self._log(run))
+                            continue
+                        self._print(f"{head}: running {_rel(run.notebook, self.profile.root)} "
+                                    f"(elapsed {time.monotonic() - start_all:.1f}s)")
+                        # A run that nothing else can accompany (the rest waits for it: robustness, tables)
+                        # gets every core instead of its share.
+                        alone = not running and all(run.key in after[r.key] for _, (r, *_) in pending)
+                        run_env = kernel_env(1) if alone else env
+                        future = pool.submit(self._execute_one, run, params, kernel, run_env, prefix=jobs > 1)
+                        running[future] = (head, run, fp)
+                if not running:
+                    break  # a failure, or nothing left that can start
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    head, run, fp = running.pop(future)
+                    outcome = future.result()
+                    outcomes[run.key] = outcome
+                    if outcome.status == "failed":
+                        failed = True
+                        self._print(f"{head}: FAILED after {outcome.seconds:.1f}s\n  {outcome.error}\n"
+                                    f"  partial notebook: {_rel(outcome.notebook_out, self.profile.root)}\n"
+                                    f"  log: {_rel(outcome.log, self.profile.root)}")
+                        state.pop(run.key, None)
+                    else:
+                        self._print(f"{head}: done in {outcome.seconds:.1f}s")
+                        state[run.key] = {"fingerprint": fp, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                          "seconds": round(outcome.seconds, 2), "breakdown": outcome.breakdown,
+                                          # the run records this run wrote, for cost estimates (rehearsal)
+                                          "records": outcome.records}
+                    self._save_state(state)
         ordered = [outcomes.get(run.key) or Outcome(run, "not run") for run, *_ in rows]
         self.summary(ordered, time.monotonic() - start_all)
         return ordered
@@ -485,8 +481,11 @@ class Runner:
             try:
                 papermill.execute_notebook(
                     str(run.notebook), str(nb_out), parameters=params, kernel_name=kernel,
-                    progress_bar=False, stdout_file=tee, stderr_file=tee, cwd=str(self.profile.root),
-                    kernel_manager_class=env_kernel_manager({**env, RECORD_LOG_ENV: str(record_log)}),
+                    # No papermill `cwd`: it would os.chdir the whole process, and concurrent runs interleave
+                    # those chdirs (a kernel could start in another folder). The kernel gets its folder instead.
+                    progress_bar=False, stdout_file=tee, stderr_file=tee,
+                    kernel_manager_class=env_kernel_manager({**env, RECORD_LOG_ENV: str(record_log)},
+                                                            self.profile.root),
                 )
             except PapermillExecutionError as err:
                 outcome.status = "failed"
