@@ -406,7 +406,8 @@ steps:
     notebook: notebooks/timed.ipynb
     outputs: ['times/{label}.json']
     runs:
-      - {id: a, label: a, seconds: 2}
+      # make:a outlasts make:b plus use:b's kernel start with seconds to spare on a loaded CI machine
+      - {id: a, label: a, seconds: 5}
       - {id: b, label: b, seconds: 0.2}
   - name: use
     notebook: notebooks/timed.ipynb
@@ -477,7 +478,7 @@ name: par
 jobs: 2
 steps:
   - {name: bad, notebook: notebooks/fail.ipynb}
-  - {name: slow, notebook: notebooks/timed.ipynb, parameters: {label: slow, seconds: 2}}
+  - {name: slow, notebook: notebooks/timed.ipynb, parameters: {label: slow, seconds: 5}}  # outlasts bad's failure
   - {name: later, notebook: notebooks/timed.ipynb, parameters: {label: later}}
 """)
     out = io.StringIO()
