@@ -141,3 +141,19 @@ def test_the_check_runs_only_after_the_full_default_selection() -> None:
     assert "xdist worker" in reason(worker, workers_reported=True)
     assert "no worker reported" in reason(_config(numprocesses=2))
     assert reason(_config(numprocesses=2), workers_reported=True) is None
+
+
+def test_models_that_need_no_timm_do_not_import_it() -> None:
+    """timm (~1.7 s to import, with torchvision) is imported by building FV2ES's NesT encoder or EmoMBT's
+    EfficientNet only, so a notebook kernel that trains E2EMAL or a unimodal baseline starts without it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from emolib.models import build_model, model_config\n"
+            "for name in ('e2emal', 'audio-only', 'visual-only'): build_model(name, 'tiny', num_outputs=6)\n"
+            "assert model_config('fv2es', 'paper').nest_depths == (2, 2, 20)\n"
+            "print('timm' in sys.modules)\n"
+            "build_model('fv2es', 'tiny', num_outputs=6); print('timm' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["False", "True"]

@@ -22,6 +22,10 @@ from typing import Any, TypeVar
 
 PAPER_VGG_WIDTHS: tuple[int, ...] = (64, 64, 64, 128, 256, 512)
 TINY_VGG_WIDTHS: tuple[int, ...] = (8, 8, 8, 16, 16, 32)
+# FV2ES's NesT-B audio encoder (emolib.models.nest_audio). Here rather than there so that FV2ES's configuration
+# can be read without importing timm, which only building the encoder needs.
+NEST_PAPER = {"embed_dims": (128, 256, 512), "num_heads": (4, 8, 16), "depths": (2, 2, 20),
+              "drop_path_rate": 0.5}
 
 C = TypeVar("C", bound="ModelConfig")
 

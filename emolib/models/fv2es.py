@@ -29,15 +29,17 @@ flatten MLP 33.6 M (timm's unused 0.5 M classifier head of the released code is 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from emolib.deviations import Deviation
 from emolib.models.blocks import VisualBranch
-from emolib.models.config import TINY_VGG_WIDTHS
+from emolib.models.config import NEST_PAPER, TINY_VGG_WIDTHS
 from emolib.models.fe2e import _TINY, FE2EConfig, LateFusionModel
-from emolib.models.nest_audio import NEST_PAPER, NestAudioBranch
 from emolib.models.repvgg import RepVGGCNN, fuse_repvgg, repvgg_blocks
 from emolib.registry import register
+
+if TYPE_CHECKING:
+    from emolib.models.nest_audio import NestAudioBranch
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,9 @@ class FV2ES(LateFusionModel):
         return RepVGGVisualBranch(self.config, face_resize=self.config.face_resize)
 
     def make_audio(self) -> NestAudioBranch:
+        # Imported here: nest_audio needs timm (~1.7 s to import), which a kernel that trains no FV2ES never uses.
+        from emolib.models.nest_audio import NestAudioBranch
+
         c = self.config
         return NestAudioBranch(c, nest_dims=c.nest_dims, nest_heads=c.nest_heads, nest_depths=c.nest_depths,
                                nest_drop_path=c.nest_drop_path)

@@ -39,10 +39,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from emolib.models.blocks import MelPieces, SequenceBranch
-from emolib.models.config import SequenceConfig
+from emolib.models.config import NEST_PAPER, SequenceConfig
 
-NEST_PAPER = {"embed_dims": (128, 256, 512), "num_heads": (4, 8, 16), "depths": (2, 2, 20),
-              "drop_path_rate": 0.5}
 PIECE_MELS, PIECE_FRAMES = 128, 32
 
 
