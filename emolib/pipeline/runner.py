@@ -484,6 +484,9 @@ class Runner:
                     # No papermill `cwd`: it would os.chdir the whole process, and concurrent runs interleave
                     # those chdirs (a kernel could start in another folder). The kernel gets its folder instead.
                     progress_bar=False, stdout_file=tee, stderr_file=tee,
+                    # Once the last cell has replied, everything the run produces is written: kill the kernel
+                    # instead of asking it to exit: a kernel with torch and transformers loaded took 2-3 s to stop.
+                    shutdown_kernel="immediate",
                     kernel_manager_class=env_kernel_manager({**env, RECORD_LOG_ENV: str(record_log)},
                                                             self.profile.root),
                 )
