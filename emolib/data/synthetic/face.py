@@ -36,12 +36,17 @@ def rgb_to_yuv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return y, u, v
 
 
+def _sum2x2(a: np.ndarray) -> np.ndarray:
+    """Sums of the 2x2 blocks of ``a``, added as (top left + top right) + (bottom left + bottom right): the order
+    in which numpy's ``a.reshape(h // 2, 2, w // 2, 2).sum(axis=(1, 3))`` adds the blocks of the planes summed
+    here (non-negative, at least 4 pixels wide), so the same float32 bits and byte-identical releases; about 10x
+    faster than that reduction (tests/test_synthetic.py)."""
+    return (a[0::2, 0::2] + a[0::2, 1::2]) + (a[1::2, 0::2] + a[1::2, 1::2])
+
+
 def _subsample(plane: np.ndarray, weight: np.ndarray) -> np.ndarray:
     """2x2 chroma subsampling averaging only the pixels with weight (no dark fringe at cut-out edges)."""
-    h, w = plane.shape
-    num = (plane * weight).reshape(h // 2, 2, w // 2, 2).sum(axis=(1, 3))
-    den = weight.reshape(h // 2, 2, w // 2, 2).sum(axis=(1, 3))
-    return num / np.maximum(den, 1e-6)
+    return _sum2x2(plane * weight) / np.maximum(_sum2x2(weight), 1e-6)
 
 
 def _to_u8(plane: np.ndarray) -> np.ndarray:
@@ -58,7 +63,7 @@ def _sprite_from_rgba(rgba: np.ndarray, cx: int, cy: int) -> Sprite:
     mask = full[..., 3] > 127
     y, u, v = rgb_to_yuv(full)
     weight = mask.astype(np.float32)
-    mask_c = weight.reshape(H // 2, 2, W // 2, 2).sum(axis=(1, 3)) >= 2
+    mask_c = _sum2x2(weight) >= 2
     return Sprite(_to_u8(y), _to_u8(_subsample(u, weight)), _to_u8(_subsample(v, weight)), mask, mask_c,
                   cx + pad_left, cy + pad_top)
 
