@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,14 +122,17 @@ def score(record: Mapping[str, Any], outputs: np.ndarray, labels: np.ndarray) ->
     return out
 
 
-def load_splits(cache_dir: str | Path, frames: FrameOptions | None = None, *, split: SplitRule | None = None,
-                fill_missing: bool = False) -> SplitData:
-    cache = Cache(cache_dir)
+def load_splits(cache_dir: str | Path | Cache, frames: FrameOptions | None = None, *, split: SplitRule | None = None,
+                fill_missing: bool = False, modalities: Collection[str] | None = None) -> SplitData:
+    """The train, valid and test datasets of a cache (``split``: drawn by the rule instead of the cache's own);
+    ``modalities``: only these are decoded (``CachedDataset``)."""
+    cache = cache_dir if isinstance(cache_dir, Cache) else Cache(cache_dir)
     assignment = split.assign(cache) if split is not None else None
     datasets = []
     for s in ("train", "valid", "test"):
         uids = None if assignment is None else [u for u in cache.uids() if assignment[u] == s]
-        datasets.append(CachedDataset(cache, s, frames=frames, uids=uids, fill_missing=fill_missing))
+        datasets.append(CachedDataset(cache, s, frames=frames, uids=uids, fill_missing=fill_missing,
+                                      modalities=modalities))
     return SplitData(cache, *datasets)
 
 
@@ -217,13 +220,13 @@ def run_experiment(exp: Experiment, seeds: Sequence[int] = (0,), *, resume: bool
             replace(exp, split={**exp.split, "fold": k}), seeds, resume=resume, on_epoch_end=on_epoch_end,
             model_hook=model_hook)]
     fill = exp.missing_modalities == "fill"
-    if data is None or rule.by:
-        data = load_splits(exp.cache_dir, FrameOptions(**exp.frames), split=rule if rule.by else None,
-                           fill_missing=fill)
-    elif fill:
+    if rule.by:
+        data = None
+    elif data is not None and fill:
         data = SplitData(data.cache, *(CachedDataset(data.cache, d.split, frames=d.frames, uids=d.uids,
-                                                     fill_missing=True) for d in (data.train, data.valid, data.test)))
-    cache = data.cache
+                                                     fill_missing=True, modalities=d.modalities)
+                                       for d in (data.train, data.valid, data.test)))
+    cache = data.cache if data is not None else Cache(exp.cache_dir)
     dataset = cache.display_name
     label_names = cache.label_names
     loss_name = exp.loss or TASK_LOSS[cache.task]
@@ -238,6 +241,9 @@ def run_experiment(exp: Experiment, seeds: Sequence[int] = (0,), *, resume: bool
         seed_everything(int(seed))  # the initial weights depend on the seed only, not on what ran before
         model = build_model(exp.model, exp.config, num_outputs=len(label_names), **exp.model_overrides)
         check_modalities(model, cache, exp.missing_modalities)
+        if data is None:  # loaded once the model says what it reads (no random draws: the same run either way)
+            data = load_splits(cache, FrameOptions(**exp.frames), split=rule if rule.by else None, fill_missing=fill,
+                               modalities=getattr(model, "input_modalities", None))
         warn_recipe_mismatch(model, cache, exp.cache_dir)
         loss_params = _loss_params(loss_name, exp, label_names)
         loss = build_loss(loss_name, train_labels=data.train.labels, **loss_params)

@@ -10,6 +10,7 @@ import zipfile
 
 import numpy as np
 import pytest
+import torch
 
 from emolib.data.cache import (
     CACHE_VERSION,
@@ -122,6 +123,48 @@ def test_written_record_reads_back_as_the_arrays_prepare_returns(tmp_path) -> No
     assert a.faces.dtype == np.uint8 and a.audio.dtype == np.int16
     item = CachedDataset(cache, preload=False)[0]
     assert item["faces"].shape == (3, 3, 48, 48)
+
+
+def test_only_the_modalities_read_are_decoded(tmp_path, monkeypatch) -> None:
+    """A reader of some modalities gets the others empty, without their JPEG or FLAC ever being decoded; what it
+    reads is the same as a full load, in either encoding, and ``present`` still says what the record holds."""
+    import emolib.data.cache as cache_module
+
+    arrays = _arrays()
+    root = tmp_path / "cache"
+    writer = CacheWriter(root)
+    writer.write(_meta("a", arrays), arrays, Encoding("jpeg", 85, "flac"))
+    writer.write(_meta("b", arrays), arrays, Encoding())
+    _finish(root, [_meta("a", arrays), _meta("b", arrays)], {"cache_version": CACHE_VERSION})
+    cache = Cache(root)
+    full = {uid: cache.load(uid) for uid in ("a", "b")}
+    decoded = []
+    for name in ("decode_faces", "decode_audio"):
+        real = getattr(cache_module, name)
+        monkeypatch.setattr(cache_module, name, lambda m, *a, _r=real, _n=name: decoded.append(_n) or _r(m, *a))
+    for uid in ("a", "b"):
+        audio_only, visual_only = cache.load(uid, ("audio",)), cache.load(uid, ("visual",))
+        text_only = cache.load(uid, ("text",))
+        for rec in (audio_only, text_only):
+            assert rec.faces.shape == (0, *full[uid].faces.shape[1:]) and rec.faces.dtype == np.uint8
+            for key in ("face_conf", "face_found", "face_boxes", "frame_times"):
+                assert len(getattr(rec, key)) == 0
+        for rec in (visual_only, text_only):
+            assert rec.audio.shape == (0,) and rec.audio.dtype == np.int16
+        np.testing.assert_array_equal(audio_only.audio, full[uid].audio)
+        for key in ("faces", "face_conf", "face_found", "face_boxes", "frame_times", "labels"):
+            np.testing.assert_array_equal(getattr(visual_only, key), getattr(full[uid], key))
+    assert sorted(decoded) == ["decode_audio"] * 2 + ["decode_faces"] * 2  # the audio-only and visual-only loads
+    everything = CachedDataset(cache)
+    text = CachedDataset(cache, modalities=["text"])
+    assert text.modalities == ("text",) and text.decoded_bytes() == 0 < everything.decoded_bytes()
+    for i in range(2):
+        item, ref = text[i], everything[i]
+        assert item["faces"].shape == (0, 3, 48, 48) and item["audio"].shape == (0,)
+        assert item["text"] == ref["text"] and torch.equal(item["present"], ref["present"])
+        torch.testing.assert_close(item["labels"], ref["labels"], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="subset of"):
+        CachedDataset(cache, modalities=["video"])
 
 
 def test_version_1_cache_still_loads_as_raw(tmp_path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from helpers import contract_batch
@@ -148,3 +150,28 @@ def test_missing_batch_key_names_the_model_and_key() -> None:
     del batch["audio"]
     with pytest.raises(KeyError, match=r"'audio-only' needs batch\['audio'\]"):
         model(batch)
+
+
+# Issue 18: a run loads only the modalities its model reads (a text-only run decodes no face and no audio); the
+# record must be the one a run on fully decoded splits gives.
+@pytest.mark.parametrize("model", ["text-only", "audio-only", "visual-only"])
+def test_a_run_decodes_only_what_its_model_reads_and_records_the_same(model, tiny_caches, tmp_path,
+                                                                      monkeypatch) -> None:
+    import emolib.experiment as experiment
+    from emolib.data.dataset import FrameOptions
+
+    cache = tiny_caches["iemocap"]
+    train = {"epochs": 2, "batch_size": 4, "max_steps_per_epoch": 3, "device": "cpu", "progress": False, "lr": 1e-3}
+    frames = {"face_size": 48}
+    loads = []
+    real = experiment.load_splits
+    monkeypatch.setattr(experiment, "load_splits", lambda *a, **k: loads.append(k.get("modalities")) or real(*a, **k))
+    records = []
+    for name, data in (("read", None), ("full", real(cache, FrameOptions(**frames)))):
+        exp = experiment.Experiment(profile=name, model=model, cache_dir=cache, config="tiny", train=train,
+                                    frames=frames, results_root=tmp_path)
+        records += experiment.run_experiment(exp, [0], resume=False, data=data)
+    assert loads == [(model.split("-")[0],)]
+    read, full = records
+    for key in ("metrics", "curves", "best_epoch", "thresholds"):  # as JSON: a NaN metric equals itself
+        assert json.dumps(read.get(key), sort_keys=True) == json.dumps(full.get(key), sort_keys=True), key

@@ -35,7 +35,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ import numpy as np
 from emolib.io import atomic_path, read_json, write_json, write_text
 
 RECORD_ARRAYS = ("faces", "face_conf", "face_found", "face_boxes", "frame_times", "audio", "labels")
+FRAME_ARRAYS = ("face_conf", "face_found", "face_boxes", "frame_times")  # one entry per sampled frame, as faces
 # 1: raw arrays only. 2: faces and audio in the encoding of the prepare parameters (face_codec, audio_codec);
 # version-1 records are still read (their members are version 2's "raw" encoding).
 CACHE_VERSION = 2
@@ -190,11 +191,20 @@ def encode_record(arrays: dict[str, np.ndarray], encoding: Encoding) -> dict[str
     return members
 
 
-def decode_record(members: Any) -> dict[str, np.ndarray]:
-    """The arrays (RECORD_ARRAYS) of a record's members, in whichever encoding each is stored."""
+def decode_record(members: Any, modalities: Collection[str] | None = None) -> dict[str, np.ndarray]:
+    """The arrays (RECORD_ARRAYS) of a record's members, in whichever encoding each is stored.
+
+    ``modalities``: decode only these of "visual" and "audio" (None: both). The face track of an undecoded
+    visual modality comes back with no frames (its per-frame arrays too), undecoded audio with no samples: what
+    a reader that never looks at them needs, without the JPEG and FLAC decoding."""
     arrays = {k: members[k] for k in RECORD_ARRAYS if k not in ("faces", "audio")}
-    arrays["faces"] = decode_faces(members)
-    arrays["audio"] = decode_audio(members)
+    if modalities is None or "visual" in modalities:
+        arrays["faces"] = decode_faces(members)
+    else:
+        shape = tuple(int(v) for v in members["faces_shape"]) if "faces_shape" in members else members["faces"].shape
+        arrays["faces"] = np.zeros((0, *shape[1:]), np.uint8)
+        arrays.update({k: arrays[k][:0] for k in FRAME_ARRAYS})
+    arrays["audio"] = decode_audio(members) if modalities is None or "audio" in modalities else np.zeros(0, np.int16)
     return arrays
 
 
@@ -331,12 +341,13 @@ class Cache:
     def meta(self, uid: str) -> dict[str, Any]:
         return self._by_uid[uid]
 
-    def load(self, uid: str) -> Record:
-        """The record of ``uid``, faces and audio decoded (uint8 faces, int16 audio) whatever their encoding."""
+    def load(self, uid: str, modalities: Collection[str] | None = None) -> Record:
+        """The record of ``uid``, faces and audio decoded (uint8 faces, int16 audio) whatever their encoding
+        (``modalities``: only these, see :func:`decode_record`)."""
         path = self.root / "utterances" / f"{uid}.npz"
         try:
             with np.load(path, allow_pickle=False) as z:
-                arrays = decode_record(z)
+                arrays = decode_record(z, modalities)
         except FileNotFoundError:
             raise CacheError(f"{path}: record listed in the index is missing") from None
         except (zipfile.BadZipFile, ValueError, KeyError, OSError, RuntimeError) as err:

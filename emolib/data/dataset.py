@@ -9,6 +9,7 @@ papers; the dataset only selects and resizes frames.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,14 +55,22 @@ class CachedDataset(Dataset):
 
     ``fill_missing``: records without a modality (own data) get the placeholders above instead of empty inputs;
     every item says which modalities are real in ``present`` (visual, audio, text).
+    ``modalities``: the ones the reader uses (a model's ``input_modalities``; None: all). Faces and audio of the
+    others are not decoded: their items hold no frames and no samples (``present`` still says what the record
+    holds), so that e.g. a text-only run neither decodes nor keeps a single face.
     """
 
     def __init__(self, cache: Cache | str | Path, split: str | None = None, *, frames: FrameOptions | None = None,
-                 preload: bool | None = None, uids: list[str] | None = None, fill_missing: bool = False) -> None:
+                 preload: bool | None = None, uids: list[str] | None = None, fill_missing: bool = False,
+                 modalities: Collection[str] | None = None) -> None:
         self.cache = cache if isinstance(cache, Cache) else Cache(cache)
         self.split = split
         self.frames = frames or FrameOptions()
         self.fill_missing = fill_missing
+        unknown = set(modalities or ()) - set(MODALITIES)
+        if unknown:
+            raise ValueError(f"modalities must be a subset of {MODALITIES}, got {sorted(unknown)}")
+        self.modalities = None if modalities is None else tuple(m for m in MODALITIES if m in modalities)
         if self.frames.select not in ("uniform", "center"):
             raise ValueError(f"FrameOptions.select must be 'uniform' or 'center', got {self.frames.select!r}")
         self.uids = list(uids) if uids is not None else self.cache.uids(split)
@@ -80,11 +89,15 @@ class CachedDataset(Dataset):
         total = 0
         for u in self.uids:
             meta = self.cache.meta(u)
-            n = meta.get("n_frames", 0)
+            n = meta.get("n_frames", 0) if self.reads("visual") else 0
             if self.frames.max_frames is not None:
                 n = min(n, self.frames.max_frames)
-            total += n * side * side * 3 + 4 * meta.get("n_samples", 0)
+            total += n * side * side * 3 + (4 * meta.get("n_samples", 0) if self.reads("audio") else 0)
         return total
+
+    def reads(self, modality: str) -> bool:
+        """Whether items hold ``modality``'s inputs (see ``modalities``)."""
+        return self.modalities is None or modality in self.modalities
 
     @property
     def task(self) -> str:
@@ -105,7 +118,7 @@ class CachedDataset(Dataset):
         return self._items[i] if self._items is not None else self._make_item(self.uids[i])
 
     def _make_item(self, uid: str) -> dict[str, Any]:
-        return record_item(self.cache.load(uid), self.frames, self.fill_missing)
+        return record_item(self.cache.load(uid, self.modalities), self.frames, self.fill_missing)
 
 
 def record_item(rec: Record, frames: FrameOptions, fill_missing: bool = False) -> dict[str, Any]:
