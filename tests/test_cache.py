@@ -155,6 +155,10 @@ def test_only_the_modalities_read_are_decoded(tmp_path, monkeypatch) -> None:
         for key in ("faces", "face_conf", "face_found", "face_boxes", "frame_times", "labels"):
             np.testing.assert_array_equal(getattr(visual_only, key), getattr(full[uid], key))
     assert sorted(decoded) == ["decode_audio"] * 2 + ["decode_faces"] * 2  # the audio-only and visual-only loads
+    read = []  # members read from the raw record: its faces are not even inflated
+    real_get = np.lib.npyio.NpzFile.__getitem__
+    monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__", lambda z, key: read.append(key) or real_get(z, key))
+    assert cache.load("b", ("audio",)).faces.shape == (0, 48, 48, 3) and "faces" not in read and "audio" in read
     everything = CachedDataset(cache)
     text = CachedDataset(cache, modalities=["text"])
     assert text.modalities == ("text",) and text.decoded_bytes() == 0 < everything.decoded_bytes()

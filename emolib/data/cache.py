@@ -201,11 +201,22 @@ def decode_record(members: Any, modalities: Collection[str] | None = None) -> di
     if modalities is None or "visual" in modalities:
         arrays["faces"] = decode_faces(members)
     else:
-        shape = tuple(int(v) for v in members["faces_shape"]) if "faces_shape" in members else members["faces"].shape
+        shape = tuple(int(v) for v in members["faces_shape"]) if "faces_shape" in members else _raw_shape(members)
         arrays["faces"] = np.zeros((0, *shape[1:]), np.uint8)
         arrays.update({k: arrays[k][:0] for k in FRAME_ARRAYS})
     arrays["audio"] = decode_audio(members) if modalities is None or "audio" in modalities else np.zeros(0, np.int16)
     return arrays
+
+
+def _raw_shape(members: Any) -> tuple[int, ...]:
+    """The shape of raw "faces" from the .npy header of an opened npz, without inflating the array."""
+    zf = getattr(members, "zip", None)
+    if zf is None:
+        return tuple(members["faces"].shape)
+    with zf.open("faces.npy") as f:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        return tuple(read(f)[0])
 
 
 class RecordArrays(dict):
