@@ -271,3 +271,48 @@ def test_benchmark_reports_rates(faces):
     assert set(report["frames_per_s"]) == {"1", "2"} and all(v > 0 for v in report["frames_per_s"].values())
     assert report["faces_found"] == {"1": 2, "2": 2}
     assert report["speedup_vs_one_by_one"]["1"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("shape,k,s", [((3, 10, 47, 63), 2, 2), ((5, 28, 22, 22), 3, 2), ((4, 32, 46, 46), 3, 2),
+                                       ((2, 64, 21, 21), 3, 2), ((2, 64, 9, 8), 2, 2), ((1, 1, 5, 5), 3, 2),
+                                       ((2, 48, 4, 4), 3, 2), ((2, 3, 2, 3), 3, 2)])
+def test_strided_max_pool_equals_torch_max_pool(shape, k, s):
+    from emolib.data.faces import StridedMaxPool
+
+    torch.manual_seed(0)
+    x = torch.randn(*shape)
+    x.view(-1)[::97] = float("inf")
+    x.view(-1)[5::101] = float("-inf")
+    x.view(-1)[7::211] = float("nan")
+    ref_pool = torch.nn.MaxPool2d(k, s, ceil_mode=True)
+    fast = StridedMaxPool.replacing(ref_pool)
+    for inp in (x, x.contiguous(memory_format=torch.channels_last), x[:, :, :, : max(1, shape[3] - 1)]):
+        ref, out = ref_pool(inp), fast(inp)
+        assert out.shape == ref.shape and out.stride() == ref.stride()
+        torch.testing.assert_close(out, ref, rtol=0, atol=0, equal_nan=True)
+
+
+def test_strided_max_pool_replaces_only_what_it_reproduces():
+    from emolib.data.faces import StridedMaxPool
+
+    assert StridedMaxPool.replacing(torch.nn.MaxPool2d(3, 2, ceil_mode=True)) is not None
+    assert StridedMaxPool.replacing(torch.nn.MaxPool2d(3, 2)) is None  # floor mode
+    assert StridedMaxPool.replacing(torch.nn.MaxPool2d(3, 2, padding=1, ceil_mode=True)) is None
+    assert StridedMaxPool.replacing(torch.nn.MaxPool2d((3, 2), 2, ceil_mode=True)) is None
+    assert StridedMaxPool.replacing(torch.nn.MaxPool2d(3, 2, dilation=2, ceil_mode=True)) is None
+
+
+def test_cpu_cropper_detects_exactly_as_facenets_networks(faces, gradient):
+    from emolib.data.faces import StridedMaxPool
+
+    cropper = FaceCropper(size=96, batch_size=8, min_face_size=40, device="cpu")
+    m = cropper.mtcnn
+    assert sum(isinstance(c, StridedMaxPool) for net in (m.pnet, m.rnet, m.onet) for c in net.children()) == 6
+    ref = MTCNN(min_face_size=40, device="cpu").eval()
+    frames = torch.as_tensor(np.stack(faces + [gradient]))
+    with torch.no_grad():
+        ours = detect_face(frames, 40, m.pnet, m.rnet, m.onet, m.thresholds, m.factor, "cpu")
+        theirs = detect_face(frames, 40, ref.pnet, ref.rnet, ref.onet, ref.thresholds, ref.factor, "cpu")
+    for a, b in zip(ours[0], theirs[0]):
+        np.testing.assert_array_equal(np.asarray(a, float), np.asarray(b, float))
+    assert sum(len(b) for b in ours[0]) >= len(faces)

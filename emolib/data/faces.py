@@ -137,6 +137,9 @@ class FaceCropper:
             image_size=size, margin=margin, post_process=False, select_largest=True, keep_all=False,
             min_face_size=min_face_size, thresholds=list(thresholds), factor=factor, device=self.device,
         ).eval()
+        if self.device.type == "cpu":
+            for net in (self.mtcnn.pnet, self.mtcnn.rnet, self.mtcnn.onet):
+                _use_strided_max_pools(net)
 
     # ------------------------------------------------------------------------------------------- public
 
@@ -229,6 +232,61 @@ class FaceCropper:
         side = min(h, w)
         top, left = (h - side) // 2, (w - side) // 2
         return crop_resize(img, [left, top, left + side, top + side], self.size).cpu().numpy()
+
+
+class StridedMaxPool(torch.nn.Module):
+    """``nn.MaxPool2d(k, s, ceil_mode=True)`` (no padding or dilation) with the same outputs, faster on CPU.
+
+    PyTorch's CPU max-pool kernel for NCHW tensors is slow: on R-Net's and O-Net's NCHW activations it took about
+    30 % of an MTCNN call on one core (measured on the synthetic releases; the channels-last kernel is several times
+    faster). A maximum is exact, so taking it in two separable passes of ``torch.maximum`` over strided views
+    (rows, then columns; ``-inf`` where ``ceil_mode`` lets the last window run past the edge) returns the same
+    values, in the same memory format. Other inputs (channels-last ones, already fast, such as P-Net's, whose input
+    facenet permutes from NHWC; layouts that are both) keep PyTorch's kernel, so every later layer sees the layout
+    it saw before."""
+
+    def __init__(self, kernel_size: int, stride: int) -> None:
+        super().__init__()
+        self.kernel_size, self.stride = int(kernel_size), int(stride)
+
+    @classmethod
+    def replacing(cls, pool: torch.nn.MaxPool2d) -> StridedMaxPool | None:
+        """The replacement of ``pool``, or None where its settings are not the ones this class reproduces."""
+        k, s, p, d = (pool.kernel_size, pool.stride, pool.padding, pool.dilation)
+        square = all(isinstance(v, int) or len(set(v)) == 1 for v in (k, s, p, d))
+        one = [v if isinstance(v, int) else v[0] for v in (k, s, p, d)]
+        if not (square and pool.ceil_mode and not pool.return_indices and one[2] == 0 and one[3] == 1):
+            return None
+        return cls(one[0], one[1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or not x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last):
+            return torch.nn.functional.max_pool2d(x, self.kernel_size, self.stride, ceil_mode=True)
+        k, s = self.kernel_size, self.stride
+        h, w = x.shape[2:]
+        oh, ow = _ceil_pool_size(h, k, s), _ceil_pool_size(w, k, s)
+        need_h, need_w = (oh - 1) * s + k, (ow - 1) * s + k
+        if need_h > h or need_w > w:
+            x = torch.nn.functional.pad(x, (0, need_w - w, 0, need_h - h), value=-math.inf)
+        rows = x[:, :, 0: (oh - 1) * s + 1: s].clone(memory_format=torch.contiguous_format)
+        for i in range(1, k):
+            torch.maximum(rows, x[:, :, i: i + (oh - 1) * s + 1: s], out=rows)
+        out = rows[:, :, :, 0: (ow - 1) * s + 1: s].clone(memory_format=torch.contiguous_format)
+        for j in range(1, k):
+            torch.maximum(out, rows[:, :, :, j: j + (ow - 1) * s + 1: s], out=out)
+        return out
+
+
+def _ceil_pool_size(n: int, k: int, s: int) -> int:
+    """Output length of a ceil-mode pooling without padding (the last window must start inside the input)."""
+    out = -(-(n - k) // s) + 1
+    return out - 1 if (out - 1) * s >= n else out
+
+
+def _use_strided_max_pools(net: torch.nn.Module) -> None:
+    for name, child in list(net.named_children()):
+        if isinstance(child, torch.nn.MaxPool2d) and (fast := StridedMaxPool.replacing(child)) is not None:
+            setattr(net, name, fast)
 
 
 def _check_frame(frame: np.ndarray, index: int) -> None:
