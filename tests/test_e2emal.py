@@ -29,6 +29,7 @@ from emolib.models.e2emal import (
     E2EMAL,
     AFCNet,
     GaussianDropout,
+    KerasConv2d,
     SigmoidAttention,
     keras_pad,
 )
@@ -118,6 +119,24 @@ def test_lfe_shapes_follow_keras_padding() -> None:
     assert keras_pad(x, 3, 2).shape[-2:] == (4 + 0 + 1, 5 + 1 + 1)  # even H: (0, 1); odd W: (1, 1)
     assert keras_pad(x, 5, 2).shape[-2:] == (4 + 1 + 2, 5 + 2 + 2)
     assert keras_pad(x, 5, 1).shape[-2:] == (8, 9)
+
+
+@pytest.mark.parametrize("channels,kernel,shape", [(32, 3, (4, 48, 48)), (48, 5, (3, 24, 23)), (16, 3, (2, 150, 20))])
+def test_depthwise_conv_padding_inside_the_conv_equals_padding_a_copy(channels, kernel, shape) -> None:
+    torch.manual_seed(0)
+    conv = KerasConv2d(channels, channels, kernel, groups=channels).to(memory_format=torch.channels_last)
+    x = torch.randn(shape[0], channels, *shape[1:]).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(shape[0], channels, *shape[1:])
+    outs = []
+    for path in ("conv", "copy"):
+        xi = x.clone().requires_grad_()
+        conv.zero_grad()
+        y = conv(xi) if path == "conv" else nn.functional.conv2d(keras_pad(xi, kernel, 1), conv.weight, None, 1, 0, 1,
+                                                                 channels)
+        y.backward(grad)
+        outs.append((y.detach(), xi.grad, conv.weight.grad.clone()))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_sigmoid_attention_and_gaussian_dropout() -> None:

@@ -119,8 +119,14 @@ class KerasConv2d(nn.Conv2d):
         _keras_conv_init(self)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.kernel_size[0] > 1:
-            x = keras_pad(x, self.kernel_size[0], self.stride[0])
+        k = self.kernel_size[0]
+        if k > 1 and self.stride[0] == 1 and self.groups == self.in_channels > 1:
+            # A stride-1 depthwise conv pads symmetrically: the conv's own zero padding gives the same outputs and
+            # gradients as padding a copy first (tests/test_e2emal.py) at a fraction of the cost on CPU, where the
+            # padded copy and its backward took most of the depthwise layer's time.
+            return F.conv2d(x, self.weight, None, 1, k // 2, 1, self.groups)
+        if k > 1:
+            x = keras_pad(x, k, self.stride[0])
         return super().forward(x)
 
 
