@@ -1,4 +1,4 @@
-"""Small file helpers shared by the whole package: atomic writes, checksums, JSON."""
+"""Small helpers shared by the whole package: atomic writes, checksums, JSON, the cores this process may use."""
 
 from __future__ import annotations
 
@@ -76,3 +76,8 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the platform has one)."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))

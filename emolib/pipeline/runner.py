@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from emolib.io import read_json, sha256_file, write_json
+from emolib.io import read_json, sha256_file, usable_cores, write_json
 from emolib.pipeline.profile import Profile, ProfileError, Run, check_jobs
 from emolib.records import RECORD_LOG_ENV
 
@@ -195,7 +195,7 @@ def resolve_jobs(jobs: int | str) -> int:
     """Runs at a time: ``jobs`` itself, or for "auto" one per CPU core this process may use."""
     jobs = check_jobs(jobs)
     if jobs == "auto":
-        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        return usable_cores()
     return int(jobs)
 
 
