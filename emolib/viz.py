@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from emolib.data.cache import Cache
+from emolib.data.cache import SAMPLE_RATE, Cache
 
 
 def label_counts(cache: Cache) -> pd.DataFrame:
@@ -75,18 +75,25 @@ def face_grid(cache: Cache, n: int = 12, split: str | None = None, columns: int 
     return fig
 
 
-def spectrogram_figure(cache: Cache, uid: str | None = None, n_mels: int = 128):
-    """Waveform and log-mel spectrogram of one utterance (the models compute their own inside)."""
+def spectrogram_figure(cache: Cache, uid: str | None = None):
+    """Waveform and log-mel spectrogram of one utterance, as FE2E's and FV2ES's audio front-end computes it
+    (``emolib.models.blocks.MelPieces``: its settings, stated there once; the models compute it inside)."""
     import matplotlib.pyplot as plt
     import torch
-    import torchaudio
+
+    from emolib.models.blocks import MelPieces
 
     uid = uid or cache.uids()[0]
     rec = cache.load(uid)
     audio = torch.from_numpy(rec.audio_float())
-    mel = torchaudio.transforms.MelSpectrogram(sample_rate=16000, n_fft=400, hop_length=200, n_mels=n_mels)(audio)
+    front_end = MelPieces(sample_rate=SAMPLE_RATE)
+    n_mels = front_end.n_mels
+    # The front-end's STFT is uncentred: a clip shorter than one window is zero-padded to a window.
+    audio = torch.nn.functional.pad(audio, (0, max(0, front_end.n_fft - len(audio))))
+    with torch.inference_mode():
+        mel = front_end.mel(audio)
     fig, (a, b) = plt.subplots(2, 1, figsize=(8, 4.5), gridspec_kw={"height_ratios": [1, 2]})
-    t = np.arange(len(audio)) / 16000
+    t = np.arange(len(audio)) / SAMPLE_RATE
     a.plot(t, audio.numpy(), lw=0.5)
     a.set_xlim(0, t[-1] if len(t) else 1)
     a.set_ylabel("amplitude")
